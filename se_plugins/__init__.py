@@ -1,0 +1,25 @@
+"""se_plugins: Squeeze-and-Excitation as a plug-in for timm, torchvision detection and segmentation-models-pytorch.
+
+Importing the package registers ``se_plugin_<arch>`` models with timm.
+"""
+
+from . import timm_models  # noqa: F401  (registers the se_plugin_* models with timm)
+from .errors import CheckpointError, ConfigError, DataError, SEPluginsError
+from .insert import SE_POSITIONS, add_se, has_se, se_modules, set_se_fused
+from .layers import SE_INITS, SqueezeExcite
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SE_INITS",
+    "SE_POSITIONS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "SEPluginsError",
+    "SqueezeExcite",
+    "add_se",
+    "has_se",
+    "se_modules",
+    "set_se_fused",
+]
