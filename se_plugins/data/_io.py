@@ -1,0 +1,108 @@
+"""Small I/O helpers shared by the dataset readers and the shapes generator."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torchvision import tv_tensors
+
+from se_plugins.errors import DataError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def load_rgb_image(path: str | os.PathLike) -> tv_tensors.Image:
+    """Decode an image file as RGB float32 CHW in [0, 1] (raises DataError naming the file)."""
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read image (file not found)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    array = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return tv_tensors.Image(array.to(torch.float32).div_(255.0))
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """Return ``(height, width)`` from the image header without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: cannot read image (file not found)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    return height, width
+
+
+def coco_from_dict(dataset: dict[str, Any]) -> COCO:
+    """Build a pycocotools ``COCO`` object from an in-memory dict, without its progress prints."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file, raising DataError (naming the file) if it is missing or malformed."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read annotation file ({e})") from e
+
+
+def fit_box(
+    box: tuple[float, float, float, float], height: int, width: int, min_size: float = 1.0
+) -> tuple[str, tuple[float, float, float, float] | None]:
+    """Clip an XYXY box to the image and classify it.
+
+    Returns:
+        ``("ok", clipped_box)``, ``("degenerate", None)`` when the clipped box is narrower or lower than
+        ``min_size`` pixels, or ``("outside", None)`` when a box of real size lies entirely outside the image.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return "degenerate", None
+    if x2 - x1 >= min_size and y2 - y1 >= min_size and (x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0):
+        return "outside", None
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    if x2 - x1 < min_size or y2 - y1 < min_size:
+        return "degenerate", None
+    return "ok", (x1, y1, x2, y2)
