@@ -24,7 +24,7 @@ from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, list_mo
 from timm.models import resnet as timm_resnet
 from torch import nn
 
-from .insert import add_se, has_se, se_modules
+from .insert import add_se, has_se, iter_residual_blocks, se_modules
 
 PREFIX = "se_plugin_"
 # ResNet-family models in timm's resnet module that already carry their own attention (or are test models).
@@ -81,7 +81,8 @@ def create_se_plugin(base: str, pretrained: bool = False, **kwargs: Any) -> nn.M
     base_entrypoint = getattr(timm_resnet, base)
     filter_fn = functools.partial(_insert_se_and_complete, insert=insert)
     model = base_entrypoint(pretrained=pretrained, pretrained_filter_fn=filter_fn, **kwargs)
-    if not has_se(model):
+    # features_only with out_indices=(0,) keeps only the stem: no residual block is left to get SE
+    if not has_se(model) and next(iter_residual_blocks(model), None) is not None:
         insert(model)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict):
