@@ -1,0 +1,208 @@
+"""The ``se-plugins`` command line: train, eval, eval-results, make-shapes, benchmark.
+
+Usage::
+
+    se-plugins train CONFIG [--set key=value ...] [--resume CKPT|auto]
+    se-plugins eval CONFIG --checkpoint CKPT [--set key=value ...] [--out JSON] [--vis N]
+    se-plugins eval-results --annotations GT.json --results DT.json [--iou-type bbox|segm] [--out JSON]
+    se-plugins make-shapes OUT_DIR [--num-train N] [--num-val N] [--image-size S] [--seed S]
+    se-plugins benchmark ...
+    torchrun --nproc_per_node=N -m se_plugins.cli train CONFIG        # multi-GPU (DDP)
+
+Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2.
+Heavy modules are imported only by the subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from se_plugins.errors import SEPluginsError
+
+PROG = "se-plugins"
+
+DELEGATED: dict[str, tuple[str, str, str, str]] = {
+    "make-shapes": (
+        "se_plugins.data.shapes",
+        "add_make_shapes_args",
+        "run_make_shapes",
+        "write the built-in synthetic shapes data set (COCO + VOC layout)",
+    ),
+    "benchmark": (
+        "se_plugins.benchmark",
+        "add_arguments",
+        "run",
+        "measure speed/memory of SE vs. baseline models",
+    ),
+}
+"""Subcommands whose arguments and implementation live in another module: (module, add_args, run, help)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (delegated subcommands get their arguments when they run)."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Squeeze-and-Excitation plug-ins: train and evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config file (see configs/)")
+    _add_set(train)
+    train.add_argument(
+        "--resume", metavar="CKPT", help="continue from a last.pth ('auto': <output_dir>/last.pth if any)"
+    )
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation data")
+    ev.add_argument("config", help="YAML config file")
+    ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (.pth) to evaluate")
+    _add_set(ev)
+    ev.add_argument("--out", metavar="JSON", help="metrics file (default: <checkpoint>.eval.json next to it)")
+    ev.add_argument("--vis", type=int, default=0, metavar="N", help="also draw predictions on N validation images")
+
+    er = sub.add_parser("eval-results", help="COCO-evaluate a detection results JSON against ground truth")
+    er.add_argument("--annotations", required=True, metavar="GT.json", help="COCO ground-truth annotations")
+    er.add_argument("--results", required=True, metavar="DT.json", help="COCO results (list of detections)")
+    er.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"), help="what to evaluate (default bbox)")
+    er.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file")
+
+    for name, (_, _, _, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # arguments parsed by the owning module
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in DELEGATED:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    _setup_logging()
+    try:
+        if args.command in DELEGATED:
+            return _run_delegated(args.command, rest)
+        return {"train": _train, "eval": _eval, "eval-results": _eval_results}[args.command](args)
+    except SEPluginsError as e:
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _train(args: argparse.Namespace) -> int:
+    from se_plugins.engine.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from se_plugins.engine.distributed import cleanup_distributed
+    from se_plugins.engine.logging import format_metrics
+    from se_plugins.engine.trainer import Trainer
+
+    resume = args.resume
+    if resume == "auto":
+        last = Path(cfg.output_dir) / "last.pth"
+        resume = last if last.is_file() else None
+    try:
+        trainer = Trainer(cfg)
+        metrics = trainer.fit(resume=resume)
+        if trainer.dist.is_main:
+            print(format_metrics(metrics, title=f"final metrics ({cfg.output_dir})"))
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from se_plugins.engine.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.engine.distributed import cleanup_distributed
+    from se_plugins.engine.logging import format_metrics
+    from se_plugins.engine.trainer import Trainer
+
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.with_name(f"{checkpoint.stem}.eval.json")
+    try:
+        trainer = Trainer(cfg)
+        vis_dir = out.with_name(f"{out.name.removesuffix('.json')}_predictions")
+        metrics = trainer.evaluate(checkpoint, num_vis=args.vis, vis_dir=vis_dir)
+        if trainer.dist.is_main:
+            report = {"checkpoint": str(checkpoint), "config": str(args.config), "metrics": metrics}
+            atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+            print(format_metrics(metrics, title=f"{checkpoint}"))
+            print(f"metrics written to {out}")
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def _eval_results(args: argparse.Namespace) -> int:
+    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.engine.evaluation import evaluate_coco_files
+    from se_plugins.engine.logging import format_metrics
+
+    metrics = evaluate_coco_files(args.annotations, args.results, iou_type=args.iou_type)
+    print(format_metrics(metrics, title=f"{args.results} vs {args.annotations} ({args.iou_type})"))
+    if args.out:
+        atomic_write_bytes(args.out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+    return 0
+
+
+def _run_delegated(command: str, rest: list[str]) -> int:
+    module_name, add_name, run_name, help_text = DELEGATED[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # the module exists but one of its imports is missing: show the real cause
+            raise
+        raise SEPluginsError(f"'{command}' is not available in this installation ({module_name} is missing)") from None
+    parser = argparse.ArgumentParser(prog=f"{PROG} {command}", description=help_text)
+    getattr(module, add_name)(parser)
+    args = parser.parse_args(rest)
+    try:
+        result = getattr(module, run_name)(args)
+    except ValueError as e:  # these modules report bad arguments as ValueError
+        raise SEPluginsError(str(e)) from None
+    return result if isinstance(result, int) else 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.lr=0.01 train.epochs=2 (repeatable)",
+    )
+
+
+def _setup_logging() -> None:
+    """Engine messages to stdout (rank 0 only under torchrun), unless the application configured logging."""
+    log = logging.getLogger("se_plugins")
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
