@@ -123,7 +123,7 @@ def _eval(args: argparse.Namespace) -> int:
     from se_plugins.engine.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.atomic import atomic_write_bytes
     from se_plugins.engine.distributed import cleanup_distributed
     from se_plugins.engine.logging import format_metrics
     from se_plugins.engine.trainer import Trainer
@@ -145,7 +145,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_results(args: argparse.Namespace) -> int:
-    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.atomic import atomic_write_bytes
     from se_plugins.engine.evaluation import evaluate_coco_files
     from se_plugins.engine.logging import format_metrics
 

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from se_plugins.data._io import atomic_write_bytes, atomic_write_text, load_json
+from se_plugins.atomic import atomic_write_bytes, atomic_write_text
+from se_plugins.data._io import load_json
 from se_plugins.data.voc import voc_palette
 
 SHAPE_CLASSES: list[str] = ["circle", "square", "triangle", "star"]
@@ -150,12 +151,13 @@ def make_shapes(
             pixels, instances = _render(rng, height, width, min_shapes, max_shapes)
             name = f"{split}_{i + 1:06d}"
             jpeg = _encode(Image.fromarray(pixels), "JPEG", quality=90)
-            atomic_write_bytes(img_dir / f"{name}.jpg", jpeg)
-            atomic_write_bytes(voc / "JPEGImages" / f"{name}.jpg", jpeg)
-            atomic_write_bytes(
-                voc / "SegmentationClass" / f"{name}.png", _class_png(instances, height, width, palette)
-            )
-            atomic_write_text(voc / "Annotations" / f"{name}.xml", _voc_xml(name, height, width, instances))
+            # bulk files need no fsync: the marker file written last says the data set is complete
+            atomic_write_bytes(img_dir / f"{name}.jpg", jpeg, durable=False)
+            atomic_write_bytes(voc / "JPEGImages" / f"{name}.jpg", jpeg, durable=False)
+            png = _class_png(instances, height, width, palette)
+            atomic_write_bytes(voc / "SegmentationClass" / f"{name}.png", png, durable=False)
+            xml = _voc_xml(name, height, width, instances)
+            atomic_write_text(voc / "Annotations" / f"{name}.xml", xml, durable=False)
             image_id = i + 1
             images.append(dict(id=image_id, file_name=f"{name}.jpg", height=height, width=width))
             for inst in instances:

@@ -22,11 +22,9 @@ A training checkpoint (``last.pth``) is a dict of tensors and plain Python conta
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,14 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from se_plugins.atomic import atomic_write, atomic_write_bytes  # noqa: F401  (re-exported)
 from se_plugins.errors import CheckpointError
 
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    _atomic_write(Path(path), lambda f: f.write(data))
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
@@ -60,7 +54,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ``path`` as a ``Path``.
     """
     path = Path(path)
-    _atomic_write(path, lambda f: torch.save(dict(state), f))
+    atomic_write(path, lambda f: torch.save(dict(state), f))
     return path
 
 
@@ -168,28 +162,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with "xb" (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _first_line(e: BaseException) -> str:

@@ -274,7 +274,7 @@ def validate_config(cfg: DictConfig, source: str = "config") -> None:
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Write ``cfg`` (resolved) as YAML to ``path`` atomically; returns the path."""
-    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.atomic import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, config_to_yaml(cfg).encode("utf-8"))

@@ -134,6 +134,26 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Return the element-wise sum of ``tensor`` over all ranks, on ``tensor``'s device (a new tensor).
+
+    The reduction runs where the backend can do it (CUDA for NCCL, CPU for Gloo), so a CPU confusion matrix
+    works under NCCL and a CUDA one under Gloo.
+    """
+    out = tensor.clone()
+    if not is_distributed():
+        return out
+    backend = str(dist.get_backend())
+    if "nccl" in backend and not out.is_cuda:
+        work = out.to(torch.device("cuda", torch.cuda.current_device()))
+    elif backend == "gloo" and out.is_cuda:
+        work = out.cpu()
+    else:
+        work = out
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Return rank ``src``'s ``obj`` on every rank (``obj`` itself in a single process)."""
     if not is_distributed():

@@ -108,7 +108,7 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, ma
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from se_plugins.engine.checkpoint import atomic_write_bytes
+    from se_plugins.atomic import atomic_write_bytes
 
     records = read_metrics(metrics_path)
     epochs = [r for r in records if r.get("type") == "epoch" and "loss" in r]

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from se_plugins.engine.distributed import all_gather_object
 from se_plugins.errors import DataError
 
-from ._dist import all_gather_objects
 from ._table import fmt_value, format_rows
 
 COCO_STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -322,7 +322,7 @@ class CocoEvaluator:
         Call it on every rank after the last :meth:`update`. Calling it again gathers again (no duplicates).
         """
         merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._per_image):
+        for part in all_gather_object(self._per_image):
             for image_id, results in part.items():
                 merged.setdefault(image_id, results)  # padded duplicates: the ranks hold the same results
         self._gathered = merged

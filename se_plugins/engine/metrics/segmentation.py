@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ._dist import all_reduce_sum
+from se_plugins.engine.distributed import all_reduce_sum
+
 from ._table import fmt_value, format_rows
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._dist import all_gather_objects, get_rank
+from se_plugins.engine.distributed import all_gather_object, get_rank
+
 from ._table import fmt_value, format_rows
 
 
@@ -159,7 +160,7 @@ class VOCEvaluator:
     def synchronize(self) -> None:
         """Gather the images of all ranks (``all_gather_object``); a no-op without torch.distributed."""
         merged: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
-        for part in all_gather_objects(self._images):
+        for part in all_gather_object(self._images):
             for key, record in part.items():
                 merged.setdefault(key, record)
         self._gathered = merged
