@@ -1,0 +1,185 @@
+"""Predictions drawn on images: detection boxes and segmentation masks, as uint8 tensors and PNG files.
+
+Thin wrappers over ``torchvision.utils.draw_bounding_boxes`` / ``draw_segmentation_masks`` with one colour per
+class (the same class gets the same colour in every picture) and label texts built from class names.
+
+Example:
+    >>> panel = draw_detections(image, out["boxes"], out["labels"], out["scores"], ["cat", "dog"], 0.5)
+    >>> save_png(hstack_images([draw_detections(image, gt_boxes, gt_labels), panel]), "pred/000.png")
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from se_plugins.atomic import atomic_write_bytes
+
+_BASE_COLORS: list[tuple[int, int, int]] = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (255, 215, 180),
+    (0, 0, 128),
+    (128, 128, 128),
+]
+"""Twenty well-separated colours (Sasha Trubetskoy's list); class ``k`` uses entry ``(k - 1) % 20``."""
+
+IGNORE_COLOR = (255, 255, 255)
+"""Colour of ignored pixels (``ignore_index``) in :func:`draw_mask`."""
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """RGB colour of class ``label`` (1, 2, ...; label 0 gets the last colour)."""
+    return _BASE_COLORS[(int(label) - 1) % len(_BASE_COLORS)]
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A ``[C, H, W]`` image as uint8 RGB: floats are read as [0, 1] (clamped), 1 channel is repeated."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image of shape [1 or 3, H, W], got {tuple(image.shape)}")
+    image = image.detach().cpu().as_subclass(torch.Tensor)
+    if image.dtype != torch.uint8:
+        image = (image.float() * 255).round().clamp_(0, 255).to(torch.uint8)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return image.contiguous()
+
+
+def draw_detections(
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor | Sequence[int],
+    scores: torch.Tensor | Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+    score_threshold: float = 0.0,
+    width: int = 2,
+) -> torch.Tensor:
+    """Draw boxes with class-coloured outlines and ``"name score"`` labels.
+
+    Args:
+        image: ``[3, H, W]`` (or ``[1, H, W]``) uint8, or float in [0, 1].
+        boxes: ``[N, 4]`` XYXY boxes in absolute pixels.
+        labels: ``N`` class labels 1..K (0 = background is drawn as ``"0"`` if it occurs).
+        scores: ``N`` scores, or None for ground truth (no score in the text, nothing filtered).
+        class_names: Names of labels 1..K (label ``k`` is ``class_names[k - 1]``); None = the numbers.
+        score_threshold: Boxes with a score below this are not drawn.
+        width: Outline width in pixels.
+
+    Returns:
+        The drawing, ``[3, H, W]`` uint8 (the input is not modified).
+    """
+    canvas = to_uint8(image)
+    boxes = torch.as_tensor(boxes).detach().cpu().as_subclass(torch.Tensor).float().reshape(-1, 4)
+    label_list = [int(v) for v in torch.as_tensor(labels).reshape(-1).tolist()]
+    score_list = None if scores is None else [float(v) for v in torch.as_tensor(scores).reshape(-1).tolist()]
+    if len(label_list) != len(boxes) or (score_list is not None and len(score_list) != len(boxes)):
+        raise ValueError("boxes, labels and scores must have the same length")
+    keep = [i for i in range(len(boxes)) if score_list is None or score_list[i] >= score_threshold]
+    if not keep:
+        return canvas
+    texts = []
+    for i in keep:
+        label = label_list[i]
+        name = (
+            class_names[label - 1]
+            if class_names is not None and 1 <= label <= len(class_names)
+            else str(label)
+        )
+        texts.append(name if score_list is None else f"{name} {score_list[i]:.2f}")
+    # draw_bounding_boxes rejects boxes with x1 > x2 or y1 > y2; clip to the canvas and order the corners
+    height, width_px = canvas.shape[-2:]
+    kept = boxes[keep]
+    x = kept[:, 0::2].clamp(0, width_px - 1).sort(dim=1).values
+    y = kept[:, 1::2].clamp(0, height - 1).sort(dim=1).values
+    kept = torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+    colors = [class_color(label_list[i]) for i in keep]
+    return draw_bounding_boxes(canvas, kept, labels=texts, colors=colors, width=width)
+
+
+def draw_mask(
+    image: torch.Tensor, mask: torch.Tensor, num_classes: int, ignore_index: int = 255, alpha: float = 0.5
+) -> torch.Tensor:
+    """Overlay a class-index mask: classes 1..num_classes-1 in their colours, ``ignore_index`` in white.
+
+    Args:
+        image: ``[3, H, W]`` (or ``[1, H, W]``) uint8, or float in [0, 1].
+        mask: ``[H, W]`` (or ``[1, H, W]``) integer class indices; 0 is background and stays undrawn.
+        num_classes: Number of classes including background (values 0..num_classes-1 are valid).
+        ignore_index: Value of ignored pixels.
+        alpha: Opacity of the overlay (0 = invisible, 1 = opaque).
+
+    Returns:
+        ``[3, H, W]`` uint8.
+
+    Raises:
+        ValueError: ``mask`` does not match the image size or holds values outside the classes.
+    """
+    canvas = to_uint8(image)
+    mask = torch.as_tensor(mask).detach().cpu().as_subclass(torch.Tensor)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if tuple(mask.shape) != tuple(canvas.shape[-2:]):
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match the image {tuple(canvas.shape[-2:])}"
+        )
+    mask = mask.long()
+    bad = (mask < 0) | ((mask >= num_classes) & (mask != ignore_index))
+    if bad.any():
+        raise ValueError(
+            f"mask value {int(mask[bad][0])} is outside 0..{num_classes - 1} and not {ignore_index}"
+        )
+    values = [c for c in range(1, num_classes) if (mask == c).any()]
+    colors: list[tuple[int, int, int]] = [class_color(c) for c in values]
+    layers = [mask == c for c in values]
+    if (mask == ignore_index).any():
+        layers.append(mask == ignore_index)
+        colors.append(IGNORE_COLOR)
+    if not layers:
+        return canvas
+    return draw_segmentation_masks(canvas, torch.stack(layers), alpha=alpha, colors=colors)
+
+
+def hstack_images(images: Sequence[torch.Tensor], gap: int = 4, fill: int = 255) -> torch.Tensor:
+    """``[3, H, W]`` images side by side as uint8 (tops aligned, ``gap`` pixels of ``fill`` between them)."""
+    if not images:
+        raise ValueError("hstack_images needs at least one image")
+    parts = [to_uint8(im) for im in images]
+    height = max(p.shape[1] for p in parts)
+    width = sum(p.shape[2] for p in parts) + gap * (len(parts) - 1)
+    out = torch.full((3, height, width), fill, dtype=torch.uint8)
+    x = 0
+    for p in parts:
+        out[:, : p.shape[1], x : x + p.shape[2]] = p
+        x += p.shape[2] + gap
+    return out
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write a ``[C, H, W]`` image (uint8, or float in [0, 1]) as PNG, atomically; returns the path."""
+    array = to_uint8(image).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
