@@ -53,7 +53,17 @@ class _SEBlockMixin:
         drop_path = getattr(self, "drop_path", None)
         if self.se_position == "standard":
             if self.se_fused and (drop_path is None or not self.training):
-                return self.final_act(torch.addcmul(shortcut, out, self.se.gate(out)))
+                gate = self.se.gate(out)
+                if (
+                    torch.compiler.is_compiling()
+                    or torch.is_grad_enabled()
+                    or not out.dtype == shortcut.dtype == gate.dtype
+                ):
+                    # Functional form: autograd-safe, and one fused kernel (with the ReLU) under torch.compile.
+                    return self.final_act(torch.addcmul(shortcut, out, gate))
+                # No autograd: write into the branch output (the norm's fresh tensor, as timm's `x += shortcut`),
+                # which saves allocating and first-touching a full-size tensor.
+                return self.final_act(torch.addcmul(shortcut, out, gate, out=out))
             out = self.se(out)
         elif self.se_position == "identity":
             shortcut = self.se(shortcut)

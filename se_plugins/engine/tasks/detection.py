@@ -1,0 +1,395 @@
+"""Object detection: Faster R-CNN (with or without SE) on COCO, VOC or the built-in shapes data.
+
+``task: detection`` in a config selects this task. What the config keys mean here:
+
+- ``data.format``: ``coco`` (``train_images`` / ``train_annotations`` / ``val_images`` / ``val_annotations``,
+  relative to ``data.root`` when set), ``voc`` (``data.root`` holding ``Annotations/``, ``JPEGImages/``,
+  ``ImageSets/Main/``; ``train_split`` / ``val_split``; ``classes``, default the 20 VOC classes) or ``shapes``
+  (generated into ``data.root`` by ``make_shapes`` on first use, then read through the COCO loader).
+- ``model.name``: a key of ``se_plugins.detection.DETECTION_MODELS``. ``fasterrcnn_timm_fpn`` takes
+  ``model.backbone``, a timm name: with ``model.se.enabled`` the ``se_plugin_`` twin of the base
+  architecture is built (``resnet18`` and ``se_plugin_resnet18`` both mean SE-ResNet-18), without it the
+  plain base (the baseline). The ``fasterrcnn_se_resnet50_fpn(_v2)`` recipes get ``se_stages=()`` when SE
+  is off.
+- ``model.num_classes``: null = the data's classes + 1 (background).
+- ``model.pretrained_backbone``: a local backbone weights file (no downloads); ``model.kwargs``: any other
+  keyword of the builder or of ``torchvision.models.detection.FasterRCNN`` (``anchor_sizes``, ``rpn_*``...).
+- ``eval.metric``: ``coco`` (main metric ``AP50``, the 12 COCOeval numbers) or ``voc07`` / ``voc`` (main
+  metric ``mAP``, VOC 11-point / area AP at IoU 0.5 plus ``AP_<class>`` per class).
+
+Example:
+    >>> cfg = load_config("configs/detection/shapes_fasterrcnn_se_r18.yaml")
+    >>> Trainer(cfg).fit()["AP50"]
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from se_plugins.data import (
+    SHAPE_CLASSES,
+    CocoDetection,
+    GroupedBatchSampler,
+    VOCDetection,
+    create_aspect_ratio_groups,
+    detection_collate,
+    detection_transforms,
+    make_shapes,
+)
+from se_plugins.data.shapes import ShapesPaths
+from se_plugins.detection import DETECTION_MODELS
+from se_plugins.engine.distributed import main_process_first
+from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
+from se_plugins.engine.tasks.base import Task
+from se_plugins.engine.visualize import draw_detections, hstack_images, save_png
+from se_plugins.errors import ConfigError, SEPluginsError
+from se_plugins.timm_models import PREFIX as SE_PLUGIN_PREFIX
+
+logger = logging.getLogger("se_plugins.engine")
+
+MAIN_METRICS: dict[str, str] = {"coco": "AP50", "voc07": "mAP", "voc": "mAP"}
+"""``eval.metric`` → the metric that selects ``best.pth``."""
+
+ASPECT_RATIO_GROUP_FACTOR = 3
+"""``create_aspect_ratio_groups(k=3)``: 8 aspect-ratio bins, torchvision's reference setting."""
+
+_TORCHVISION_SE = ("fasterrcnn_se_resnet50_fpn", "fasterrcnn_se_resnet50_fpn_v2")
+_RESERVED_KWARGS = ("num_classes", "min_size", "max_size", "backbone", "trainable_backbone_layers")
+
+
+class DetectionTask(Task):
+    """Faster R-CNN training and COCO/VOC evaluation (see the module docstring for the config keys).
+
+    Attributes:
+        main_metric: ``"AP50"`` for ``eval.metric: coco``, ``"mAP"`` for ``voc07`` / ``voc``.
+        class_names: Names of labels 1..K, known once a dataset is built (or from ``data.classes``).
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        if cfg.eval.metric not in MAIN_METRICS:
+            raise ConfigError(f"eval.metric: {cfg.eval.metric!r} is not a detection metric ({', '.join(MAIN_METRICS)})")
+        self.main_metric = MAIN_METRICS[cfg.eval.metric]
+        self.class_names: list[str] | None = list(cfg.data.classes) if cfg.data.classes else None
+
+    # ------------------------------------------------------------------------------------------------ data
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """Training set (random flip) and validation set (no augmentation) of ``data.format``."""
+        return self._dataset(train=True), self._dataset(train=False)
+
+    def build_val_dataset(self) -> Dataset:
+        """The validation set alone (``se-plugins eval``)."""
+        return self._dataset(train=False)
+
+    def _dataset(self, train: bool) -> Dataset:
+        data = self.cfg.data
+        transforms = detection_transforms(train, min_size=None, hflip_prob=data.hflip_prob if train else 0.0)
+        if data.format == "voc":
+            root = self._required_path("root")
+            dataset: Any = VOCDetection(
+                root,
+                data.train_split if train else data.val_split,
+                classes=list(data.classes) if data.classes else None,
+                transforms=transforms,
+            )
+        else:
+            if data.format == "shapes":
+                images, annotations = self._shapes_coco_paths(train)
+            else:
+                images = self._required_path(f"{'train' if train else 'val'}_images")
+                annotations = self._required_path(f"{'train' if train else 'val'}_annotations")
+            dataset = CocoDetection(
+                images,
+                annotations,
+                transforms=transforms,
+                keep_empty=data.keep_empty if train else True,  # evaluation always covers every image
+                skip_bad_images=data.skip_bad_images,
+            )
+            if data.classes and list(data.classes) != dataset.class_names:
+                raise ConfigError(
+                    f"data.classes: {list(data.classes)} differs from the categories of {annotations} "
+                    f"({dataset.class_names}); remove data.classes or fix it"
+                )
+        if not train and len(dataset) == 0:
+            raise ConfigError(f"data: the validation set of {data.format} data is empty")
+        self.class_names = list(dataset.class_names)
+        return dataset
+
+    def _required_path(self, key: str) -> Path:
+        data = self.cfg.data
+        value = data[key]
+        if not value:
+            raise ConfigError(f"data.{key}: required for data.format {data.format}")
+        path = Path(value)
+        if key != "root" and data.root and not path.is_absolute():
+            path = Path(data.root) / path
+        return path
+
+    def _shapes_coco_paths(self, train: bool) -> tuple[Path, Path]:
+        """Generate the shapes data into ``data.root`` once (rank 0 first); return one split's paths."""
+        root = self._required_path("root")
+        s = self.cfg.data.shapes
+        with main_process_first():
+            paths: ShapesPaths = make_shapes(
+                root, num_train=s.num_train, num_val=s.num_val, image_size=s.image_size, seed=s.seed
+            )
+        if train:
+            return paths.coco_train_images, paths.coco_train_ann
+        return paths.coco_val_images, paths.coco_val_ann
+
+    def collate(self, batch: Any) -> tuple[list[Any], list[Any]]:
+        """``(images, targets)`` lists: detection images keep their own sizes."""
+        return detection_collate(batch)
+
+    def build_train_loader(self, dataset: Dataset, distributed: bool) -> DataLoader:
+        """Aspect-ratio grouped batches drawn from a ``DistributedSampler`` (exact resume, also under DDP).
+
+        ``GroupedBatchSampler`` yields ``len(sampler) // batch_size`` batches per epoch, every image of a
+        batch from the same aspect-ratio bin (less padding inside the model's batch).
+        """
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=self.dist.world_size if distributed else 1,
+            rank=self.dist.rank if distributed else 0,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=False,
+        )
+        ratios = dataset.aspect_ratios() if hasattr(dataset, "aspect_ratios") else [1.0] * len(dataset)
+        group_ids = create_aspect_ratio_groups(ratios, k=ASPECT_RATIO_GROUP_FACTOR)
+        batch_sampler = GroupedBatchSampler(sampler, group_ids, self.cfg.train.batch_size)
+        workers = self.cfg.data.num_workers
+        generator = torch.Generator()
+        generator.manual_seed(self.cfg.seed + self.dist.rank)
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            collate_fn=self.collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0 and self.cfg.data.persistent_workers,
+            generator=generator,
+        )
+
+    # ------------------------------------------------------------------------------------------------ model
+
+    def num_classes(self) -> int:
+        """``model.num_classes``, or the data's classes + 1 (builds the validation set if not known yet).
+
+        Raises:
+            ConfigError: ``model.num_classes`` is too small for the data's classes.
+        """
+        if self.class_names is None:
+            if self.cfg.data.format == "shapes":
+                self.class_names = list(SHAPE_CLASSES)
+            else:
+                self.build_val_dataset()
+        assert self.class_names is not None
+        needed = len(self.class_names) + 1
+        given = self.cfg.model.num_classes
+        if given is None:
+            return needed
+        if given < needed:
+            raise ConfigError(
+                f"model.num_classes: {given} is too small for {len(self.class_names)} classes + background "
+                f"(need >= {needed}; null takes it from the data)"
+            )
+        return given
+
+    def build_model(self) -> nn.Module:
+        """The ``DETECTION_MODELS[model.name]`` detector configured by ``model.*`` (see the module doc)."""
+        m = self.cfg.model
+        if m.name not in DETECTION_MODELS:
+            raise ConfigError(f"model.name: unknown detection model {m.name!r}; one of {', '.join(DETECTION_MODELS)}")
+        extra = OmegaConf.to_container(m.kwargs, resolve=True)
+        assert isinstance(extra, dict)
+        for key in _RESERVED_KWARGS:
+            if key in extra:
+                raise ConfigError(f"model.kwargs.{key}: set model.{key} instead")
+        kwargs: dict[str, Any] = dict(num_classes=self.num_classes(), min_size=m.min_size, max_size=m.max_size)
+        if m.trainable_backbone_layers is not None:
+            kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
+        if m.backbone and m.name != "fasterrcnn_timm_fpn":
+            raise ConfigError(
+                f"model.backbone: {m.name} has a fixed backbone; set it to null (or use fasterrcnn_timm_fpn)"
+            )
+        if m.name == "fasterrcnn_timm_fpn":
+            kwargs.update(self._timm_kwargs(extra))
+        elif m.name in _TORCHVISION_SE:
+            kwargs.update(self._torchvision_se_kwargs())
+        else:
+            if m.pretrained_backbone:
+                kwargs["backbone_weights_file"] = m.pretrained_backbone
+            if m.se.enabled:
+                logger.info(f"model {m.name} has no SE options: model.se is ignored (a baseline model)")
+        _check_kwargs(m.name, extra)
+        kwargs.update(extra)
+        try:
+            model = DETECTION_MODELS[m.name](**kwargs)
+        except SEPluginsError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model ({m.name}): {' '.join(str(e).split())}") from None
+        if self.cfg.train.channels_last:
+            model.backbone.register_forward_pre_hook(_to_channels_last)
+        return model
+
+    def _timm_kwargs(self, extra: dict[str, Any]) -> dict[str, Any]:
+        m = self.cfg.model
+        if not m.backbone:
+            raise ConfigError("model.backbone: required for fasterrcnn_timm_fpn (a timm model name, e.g. resnet18)")
+        import timm
+
+        base = m.backbone.removeprefix(SE_PLUGIN_PREFIX)
+        name = SE_PLUGIN_PREFIX + base if m.se.enabled else base
+        if not timm.is_model(name):
+            hint = "; set model.se.enabled false for a backbone without an SE variant" if m.se.enabled else ""
+            raise ConfigError(f"model.backbone: {name!r} is not a timm model{hint}")
+        backbone_kwargs = dict(extra.pop("backbone_kwargs", None) or {})
+        if m.se.enabled:
+            backbone_kwargs.update(self._se_options(prefix="se_"))
+        return dict(
+            backbone=name,
+            pretrained_backbone=m.pretrained_backbone or False,
+            backbone_kwargs=backbone_kwargs,
+        )
+
+    def _torchvision_se_kwargs(self) -> dict[str, Any]:
+        m = self.cfg.model
+        kwargs: dict[str, Any] = dict(backbone_weights_file=m.pretrained_backbone)
+        if m.se.enabled:
+            kwargs.update(self._se_options(prefix="se_"))
+        else:
+            kwargs["se_stages"] = ()
+        return kwargs
+
+    def _se_options(self, prefix: str) -> dict[str, Any]:
+        se = self.cfg.model.se
+        return {
+            f"{prefix}reduction": se.reduction,
+            f"{prefix}stages": None if se.stages is None else tuple(se.stages),
+            f"{prefix}position": se.position,
+            f"{prefix}init": se.init,
+        }
+
+    # ------------------------------------------------------------------------------------------------ steps
+
+    def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        """torchvision's losses (RPN objectness/box, classifier, box regression) and their sum ``"loss"``."""
+        images, targets = batch
+        images = [_plain(image).to(device, non_blocking=True) for image in images]
+        targets = [
+            {
+                "boxes": _plain(t["boxes"]).to(device, non_blocking=True),
+                "labels": t["labels"].to(device, non_blocking=True),
+            }
+            for t in targets
+        ]
+        losses = model(images, targets)
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: list[torch.Tensor], device: torch.device) -> list[dict[str, Any]]:
+        """Detections of ``model`` (eval mode) for a list of ``[3, H, W]`` images, on CPU in float32."""
+        with self.autocast():
+            outputs = model([_plain(image).to(device, non_blocking=True) for image in images])
+        return [
+            {
+                "boxes": o["boxes"].float().cpu(),
+                "labels": o["labels"].cpu(),
+                "scores": o["scores"].float().cpu(),
+            }
+            for o in outputs
+        ]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """COCO box mAP (the 12 COCOeval stats) or VOC mAP (+ ``AP_<class>``), gathered over ranks."""
+        dataset: Any = loader.dataset
+        if self.cfg.eval.metric == "coco":
+            evaluator: Any = CocoEvaluator(dataset.coco_ground_truth())
+        else:
+            evaluator = VOCEvaluator(dataset.class_names, use_07_metric=self.cfg.eval.metric == "voc07")
+        for images, targets in loader:
+            outputs = self.predict(model, images, device)
+            if self.cfg.eval.metric == "coco":
+                ids = [int(t["image_id"]) for t in targets]
+                evaluator.update(detections_to_coco_results(outputs, ids, dataset.label_to_cat_id), image_ids=ids)
+            else:
+                evaluator.update(outputs, targets)
+        evaluator.synchronize()  # every rank takes part; only rank 0's numbers are used
+        if not self.dist.is_main:
+            return {}
+        if self.cfg.eval.metric == "coco":
+            return evaluator.summarize()
+        summary = evaluator.summarize()
+        metrics = {"mAP": float(summary["mAP"])}
+        metrics.update({f"AP_{name}": float(ap) for name, ap in summary["per_class_AP"].items()})
+        return metrics
+
+    def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
+        """PNGs of ground truth (left) and detections scoring >= ``eval.score_threshold`` (right)."""
+        files = []
+        names = getattr(dataset, "class_names", None) or self.class_names
+        for i in range(min(num, len(dataset))):  # type: ignore[arg-type]
+            image, target = dataset[i]
+            output = self.predict(model, [image], self.device)[0]
+            truth = draw_detections(image, target["boxes"], target["labels"], class_names=names)
+            pred = draw_detections(
+                image,
+                output["boxes"],
+                output["labels"],
+                output["scores"],
+                class_names=names,
+                score_threshold=self.cfg.eval.score_threshold,
+            )
+            files.append(
+                save_png(hstack_images([truth, pred]), Path(out_dir) / f"{i:03d}_image{target['image_id']}.png")
+            )
+        return files
+
+
+def _check_kwargs(name: str, extra: dict[str, Any]) -> None:
+    """Reject ``model.kwargs`` keys that neither the builder nor ``FasterRCNN`` knows.
+
+    torchvision's ``FasterRCNN`` passes unknown keywords on to its transform, which drops them silently, so a
+    misspelt option would otherwise have no effect.
+    """
+    known: set[str] = set()
+    for fn in (DETECTION_MODELS[name], FasterRCNN.__init__, GeneralizedRCNNTransform.__init__):
+        params = inspect.signature(fn).parameters.values()
+        known |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    known -= {"self", "_skip_resize"}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise ConfigError(
+            f"model.kwargs.{unknown[0]}: not an option of {name} or torchvision's FasterRCNN (see their signatures)"
+        )
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A ``tv_tensors`` subclass as a plain tensor (the model's own transforms expect plain tensors)."""
+    return tensor.as_subclass(torch.Tensor) if type(tensor) is not torch.Tensor else tensor
+
+
+def _to_channels_last(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Forward pre-hook: the backbone's input batch in channels_last memory format."""
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.ndim == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+__all__ = ["ASPECT_RATIO_GROUP_FACTOR", "MAIN_METRICS", "DetectionTask"]
