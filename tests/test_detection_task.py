@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
@@ -20,6 +21,7 @@ from se_plugins import se_modules
 from se_plugins.cli import main
 from se_plugins.data import SHAPE_CATEGORY_IDS, SHAPE_CLASSES, ShapesPaths, make_shapes
 from se_plugins.engine.config import load_config
+from se_plugins.engine.distributed import DistInfo
 from se_plugins.engine.evaluation import COCO_STAT_NAMES
 from se_plugins.engine.logging import read_metrics
 from se_plugins.engine.tasks.detection import DetectionTask
@@ -248,6 +250,64 @@ def test_perfect_detections_score_one(tmp_path, shapes, fmt, metric):
         assert metrics["AP"] == 1.0 and set(metrics) == set(COCO_STAT_NAMES)
     else:
         assert {k for k in metrics if k.startswith("AP_")} == {f"AP_{name}" for name in SHAPE_CLASSES}
+
+
+class JitterDetector(torch.nn.Module):
+    """Deterministic imperfect detections: shifted ground truth, every third label wrong, varied scores.
+
+    Looks images up by content, so it answers the same whichever rank or batch an image arrives in.
+    """
+
+    def __init__(self, dataset) -> None:
+        super().__init__()
+        self.table = {}
+        for i in range(len(dataset)):
+            image, target = dataset[i]
+            boxes = target["boxes"].as_subclass(torch.Tensor).clone()
+            labels = target["labels"].clone()
+            n = len(labels)
+            boxes += torch.arange(n, dtype=torch.float32)[:, None] * 1.5  # a growing shift: some IoU < 0.75
+            labels[::3] = labels[::3] % len(SHAPE_CLASSES) + 1
+            scores = torch.linspace(0.9, 0.3, n) if n else torch.zeros(0)
+            self.table[self.key(image)] = {"boxes": boxes, "labels": labels, "scores": scores}
+
+    @staticmethod
+    def key(image: torch.Tensor) -> bytes:
+        return image.as_subclass(torch.Tensor).contiguous().numpy().tobytes()
+
+    def forward(self, images):
+        return [self.table[self.key(image)] for image in images]
+
+
+def _ddp_eval_worker(rank: int, world_size: int, init_file: str, cfg_path: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        out = {}
+        for metric in ("coco", "voc07"):
+            task = DetectionTask(load_config(cfg_path, [f"eval.metric={metric}", "eval.batch_size=1"]))
+            task.dist = DistInfo(rank=rank, world_size=world_size)
+            val = task.build_val_dataset()
+            loader = task.build_val_loader(val, distributed=True)
+            assert len(loader) < len(val)  # each rank sees a shard
+            out[metric] = task.evaluate(JitterDetector(val), loader, torch.device("cpu"))
+        torch.save(out, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_equals_single_process(tmp_path, shapes):
+    cfg_path = tiny_config(tmp_path, shapes)
+    mp.spawn(_ddp_eval_worker, args=(2, str(tmp_path / "init"), str(cfg_path), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank1 == {"coco": {}, "voc07": {}}  # only rank 0 reports; the trainer broadcasts its result
+    for metric in ("coco", "voc07"):
+        task = DetectionTask(load_config(cfg_path, [f"eval.metric={metric}"]))
+        val = task.build_val_dataset()
+        single = task.evaluate(JitterDetector(val), task.build_val_loader(val, False), torch.device("cpu"))
+        assert 0.0 < single[task.main_metric] < 1.0  # imperfect detections: a non-trivial comparison
+        assert rank0[metric] == single
 
 
 # --------------------------------------------------------------------------------------------- configs
