@@ -346,6 +346,22 @@ def test_shapes_configs_build_their_models():
     assert base_params < se_params and all(".se." in k for k in se_params - base_params)
 
 
+@pytest.mark.filterwarnings("ignore:Changing trainable_backbone_layers")  # no pretrained file in this test
+@pytest.mark.parametrize("data", ["coco", "voc"])
+def test_paper_configs_build_torchvision_models(data):
+    """The R50-FPN configs build torchvision's recipe; SE adds the paper's 2,530,992 parameters (r=16)."""
+    counts = {}
+    for name in (f"{data}_fasterrcnn_se_r50_fpn", f"{data}_fasterrcnn_r50_fpn"):
+        overrides = ["model.pretrained_backbone=null", "model.num_classes=21"]  # no weights file, no data here
+        cfg = load_config(REPO / "configs" / "detection" / f"{name}.yaml", overrides)
+        model = DetectionTask(cfg).build_model()
+        assert model.transform.min_size == (cfg.model.min_size,) and model.transform.max_size == cfg.model.max_size
+        counts[name] = (sum(p.numel() for p in model.parameters()), len(se_modules(model)))
+    (se_params, se_blocks), (base_params, base_blocks) = counts.values()
+    assert (se_blocks, base_blocks) == (16, 0)
+    assert se_params - base_params == 2_530_992
+
+
 def test_channels_last_reaches_the_backbone(tmp_path, shapes):
     cfg = load_config(tiny_config(tmp_path, shapes), ["train.channels_last=true"])
     model = DetectionTask(cfg).build_model().eval()

@@ -101,11 +101,7 @@ def draw_detections(
     texts = []
     for i in keep:
         label = label_list[i]
-        name = (
-            class_names[label - 1]
-            if class_names is not None and 1 <= label <= len(class_names)
-            else str(label)
-        )
+        name = class_names[label - 1] if class_names is not None and 1 <= label <= len(class_names) else str(label)
         texts.append(name if score_list is None else f"{name} {score_list[i]:.2f}")
     # draw_bounding_boxes rejects boxes with x1 > x2 or y1 > y2; clip to the canvas and order the corners
     height, width_px = canvas.shape[-2:]
@@ -140,15 +136,11 @@ def draw_mask(
     if mask.ndim == 3 and mask.shape[0] == 1:
         mask = mask[0]
     if tuple(mask.shape) != tuple(canvas.shape[-2:]):
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} does not match the image {tuple(canvas.shape[-2:])}"
-        )
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the image {tuple(canvas.shape[-2:])}")
     mask = mask.long()
     bad = (mask < 0) | ((mask >= num_classes) & (mask != ignore_index))
     if bad.any():
-        raise ValueError(
-            f"mask value {int(mask[bad][0])} is outside 0..{num_classes - 1} and not {ignore_index}"
-        )
+        raise ValueError(f"mask value {int(mask[bad][0])} is outside 0..{num_classes - 1} and not {ignore_index}")
     values = [c for c in range(1, num_classes) if (mask == c).any()]
     colors: list[tuple[int, int, int]] = [class_color(c) for c in values]
     layers = [mask == c for c in values]

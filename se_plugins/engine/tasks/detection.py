@@ -186,19 +186,21 @@ class DetectionTask(Task):
     # ------------------------------------------------------------------------------------------------ model
 
     def num_classes(self) -> int:
-        """``model.num_classes``, or the data's classes + 1 (builds the validation set if not known yet).
+        """``model.num_classes``, or the data's classes + 1 (builds the validation set if they are not known yet).
 
         Raises:
-            ConfigError: ``model.num_classes`` is too small for the data's classes.
+            ConfigError: ``model.num_classes`` is too small for the data's classes (checked once they are known).
         """
+        given = self.cfg.model.num_classes
         if self.class_names is None:
+            if given is not None:
+                return given  # nothing to check against yet (the trainer builds the data before the model)
             if self.cfg.data.format == "shapes":
                 self.class_names = list(SHAPE_CLASSES)
             else:
                 self.build_val_dataset()
         assert self.class_names is not None
         needed = len(self.class_names) + 1
-        given = self.cfg.model.num_classes
         if given is None:
             return needed
         if given < needed:
@@ -259,7 +261,7 @@ class DetectionTask(Task):
             raise ConfigError(f"model.backbone: {name!r} is not a timm model{hint}")
         backbone_kwargs = dict(extra.pop("backbone_kwargs", None) or {})
         if m.se.enabled:
-            backbone_kwargs.update(self._se_options(prefix="se_"))
+            backbone_kwargs.update(self._se_options())
         return dict(
             backbone=name,
             pretrained_backbone=m.pretrained_backbone or False,
@@ -270,18 +272,19 @@ class DetectionTask(Task):
         m = self.cfg.model
         kwargs: dict[str, Any] = dict(backbone_weights_file=m.pretrained_backbone)
         if m.se.enabled:
-            kwargs.update(self._se_options(prefix="se_"))
+            kwargs.update(self._se_options())
         else:
             kwargs["se_stages"] = ()
         return kwargs
 
-    def _se_options(self, prefix: str) -> dict[str, Any]:
+    def _se_options(self) -> dict[str, Any]:
+        """``model.se`` as the builders' (and ``se_plugin_*`` timm models') ``se_*`` keywords."""
         se = self.cfg.model.se
         return {
-            f"{prefix}reduction": se.reduction,
-            f"{prefix}stages": None if se.stages is None else tuple(se.stages),
-            f"{prefix}position": se.position,
-            f"{prefix}init": se.init,
+            "se_reduction": se.reduction,
+            "se_stages": None if se.stages is None else tuple(se.stages),
+            "se_position": se.position,
+            "se_init": se.init,
         }
 
     # ------------------------------------------------------------------------------------------------ steps
