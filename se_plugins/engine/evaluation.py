@@ -12,28 +12,5 @@ the confusion matrix) on every rank, then read with ``summarize()`` / ``compute(
 ``format_table()``. The implementation lives in :mod:`se_plugins.engine.metrics`.
 """
 
-from se_plugins.engine.metrics import (
-    COCO_BACKENDS,
-    COCO_STAT_NAMES,
-    CocoEvaluator,
-    SegmentationMetric,
-    VOCEvaluator,
-    coco_backend,
-    detections_to_coco_results,
-    evaluate_coco_files,
-    format_coco_stats,
-    voc_ap,
-)
-
-__all__ = [
-    "COCO_BACKENDS",
-    "COCO_STAT_NAMES",
-    "CocoEvaluator",
-    "SegmentationMetric",
-    "VOCEvaluator",
-    "coco_backend",
-    "detections_to_coco_results",
-    "evaluate_coco_files",
-    "format_coco_stats",
-    "voc_ap",
-]
+from se_plugins.engine.metrics import *  # noqa: F403  (the public evaluation API)
+from se_plugins.engine.metrics import __all__  # noqa: F401

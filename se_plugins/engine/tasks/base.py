@@ -137,7 +137,12 @@ class Task(abc.ABC):
         process, with one replica), and the trainer calls ``sampler.set_epoch`` and reseeds
         ``loader.generator`` each epoch, so resuming from a checkpoint replays exactly the same batches.
         """
-        sampler = DistributedSampler(
+        sampler = self.train_sampler(dataset, distributed)
+        return self.make_loader(dataset, self.cfg.train.batch_size, sampler, drop_last=self.drop_last_train)
+
+    def train_sampler(self, dataset: Dataset, distributed: bool) -> DistributedSampler:
+        """Shuffling index sampler, a pure function of ``(seed, epoch)`` (one replica outside DDP)."""
+        return DistributedSampler(
             dataset,
             num_replicas=self.dist.world_size if distributed else 1,
             rank=self.dist.rank if distributed else 0,
@@ -145,7 +150,6 @@ class Task(abc.ABC):
             seed=self.cfg.seed,
             drop_last=False,
         )
-        return self.make_loader(dataset, self.cfg.train.batch_size, sampler, drop_last=self.drop_last_train)
 
     def build_val_loader(self, dataset: Dataset, distributed: bool) -> DataLoader:
         """Sequential loader of ``eval.batch_size`` items; under DDP each rank gets a disjoint shard."""

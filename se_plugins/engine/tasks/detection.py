@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -159,29 +159,11 @@ class DetectionTask(Task):
         ``GroupedBatchSampler`` yields ``len(sampler) // batch_size`` batches per epoch, every image of a
         batch from the same aspect-ratio bin (less padding inside the model's batch).
         """
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=self.dist.world_size if distributed else 1,
-            rank=self.dist.rank if distributed else 0,
-            shuffle=True,
-            seed=self.cfg.seed,
-            drop_last=False,
-        )
+        sampler = self.train_sampler(dataset, distributed)
         ratios = dataset.aspect_ratios() if hasattr(dataset, "aspect_ratios") else [1.0] * len(dataset)
         group_ids = create_aspect_ratio_groups(ratios, k=ASPECT_RATIO_GROUP_FACTOR)
         batch_sampler = GroupedBatchSampler(sampler, group_ids, self.cfg.train.batch_size)
-        workers = self.cfg.data.num_workers
-        generator = torch.Generator()
-        generator.manual_seed(self.cfg.seed + self.dist.rank)
-        return DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            num_workers=workers,
-            collate_fn=self.collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0 and self.cfg.data.persistent_workers,
-            generator=generator,
-        )
+        return self.make_loader(dataset, batch_sampler=batch_sampler)
 
     # ------------------------------------------------------------------------------------------------ model
 
