@@ -3,9 +3,9 @@
 Importing the package registers ``se_plugin_<arch>`` models with timm.
 """
 
-from . import timm_models  # noqa: F401  (registers the se_plugin_* models with timm)
+from . import models  # noqa: F401  (registers the se_plugin_* models with timm)
 from .errors import CheckpointError, ConfigError, DataError, SEPluginsError
-from .insert import SE_POSITIONS, add_se, has_se, se_modules, set_se_fused
+from .insert import SE_POSITIONS, SEResidualBlock, add_se, has_se, register_se_block, se_modules, set_se_fused
 from .layers import SE_INITS, SqueezeExcite
 
 __version__ = "0.1.0"
@@ -17,9 +17,11 @@ __all__ = [
     "ConfigError",
     "DataError",
     "SEPluginsError",
+    "SEResidualBlock",
     "SqueezeExcite",
     "add_se",
     "has_se",
+    "register_se_block",
     "se_modules",
     "set_se_fused",
 ]

@@ -37,8 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
-from .insert import _SEBlockMixin, set_se_fused
-from .timm_models import PREFIX
+from .insert import SEResidualBlock, set_se_fused
+from .models import PREFIX
 
 TASKS = ("classification", "detection", "segmentation")
 MODES = ("infer", "train")
@@ -151,7 +151,7 @@ def _make_entries(args: argparse.Namespace, num_classes: int) -> list[Entry]:
         torch.manual_seed(args.seed)
         entries.append(Entry(name, role, _build(args.task, name, num_classes, args.image_size)))
         if role == "se" and args.plain:
-            if not any(isinstance(m, _SEBlockMixin) for m in entries[-1].model.modules()):
+            if not any(isinstance(m, SEResidualBlock) for m in entries[-1].model.modules()):
                 raise ConfigError(f"--plain: {name!r} has no se_plugins SE block to switch to the plain form")
             plain = set_se_fused(copy.deepcopy(entries[-1].model), False)
             entries.append(Entry(f"{name} (plain)", "se_plain", plain))
@@ -210,7 +210,7 @@ def se_pool_scale_flops(model: nn.Module, x: Any) -> tuple[int, int]:
     handles = []
     owned = set()
     for m in model.modules():
-        if isinstance(m, _SEBlockMixin):
+        if isinstance(m, SEResidualBlock):
             owned.add(id(m.se))
             pre = m.se_position == "pre"
             handles.append(

@@ -43,7 +43,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from .errors import CheckpointError, ConfigError
 from .insert import SEPosition, add_se, se_modules
 from .layers import SEInit
-from .timm_models import PREFIX as SE_PLUGIN_PREFIX
+from .models import PREFIX as SE_PLUGIN_PREFIX
 
 __all__ = [
     "DETECTION_MODELS",

@@ -39,7 +39,7 @@ from torch import nn
 from .errors import SEPluginsError
 from .insert import SEPosition, add_se, has_se, iter_residual_blocks, se_modules
 from .layers import SE_INITS, SEInit, SqueezeExcite
-from .timm_models import PREFIX
+from .models import PREFIX
 
 __all__ = ["SEGMENTATION_MODELS", "add_decoder_se", "decoder_se_modules", "se_unet", "unet"]
 

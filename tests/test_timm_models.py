@@ -4,7 +4,7 @@ import torch
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import has_se, se_modules, set_se_fused
-from se_plugins.timm_models import base_architectures
+from se_plugins.models.resnet import base_architectures
 from tests.conftest import randomize_norm_stats
 
 X = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))

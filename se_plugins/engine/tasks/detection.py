@@ -54,7 +54,7 @@ from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections
 from se_plugins.engine.tasks.base import Task
 from se_plugins.engine.visualize import draw_detections, hstack_images, save_png
 from se_plugins.errors import ConfigError, SEPluginsError
-from se_plugins.timm_models import PREFIX as SE_PLUGIN_PREFIX
+from se_plugins.models import PREFIX as SE_PLUGIN_PREFIX
 
 logger = logging.getLogger("se_plugins.engine")
 

@@ -1,0 +1,129 @@
+"""``add_se``: insert Squeeze-and-Excitation into every supported block of an existing model, in place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+from torch import nn
+
+from ..layers import SE_INITS, SEInit, SqueezeExcite
+from .block import SE_POSITIONS, SEResidualBlock
+from .registry import SEAdapter, adapter_for, supported_blocks
+
+SEPosition = Literal["standard", "pre", "post", "identity"]
+
+
+def iter_se_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, SEAdapter]]:
+    """Yield ``(qualified name, block, adapter)`` for every block of ``model`` that can get (or has) SE."""
+    for name, module in model.named_modules():
+        adapter = adapter_for(module)
+        if adapter is not None:
+            yield name, module, adapter
+
+
+def iter_residual_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
+    """Yield ``(qualified name, block, stage)`` for every supported block; stage 1..4 from ``layerN``."""
+    for name, block, adapter in iter_se_blocks(model):
+        stage = adapter.stage(name)
+        if stage is None:
+            raise ValueError(f"add_se: cannot tell the stage of block {name!r} (expected it under 'layerN')")
+        yield name, block, stage
+
+
+def _block_has_se(block: nn.Module) -> bool:
+    return isinstance(block, SEResidualBlock) or getattr(block, "se", None) is not None
+
+
+def has_se(model: nn.Module) -> bool:
+    """Whether any supported block of ``model`` already has an SE module."""
+    return any(_block_has_se(block) for _, block, _ in iter_se_blocks(model))
+
+
+def _check_stages(stages: Iterable[int] | None) -> set[int] | None:
+    if stages is None:
+        return None
+    chosen = set(stages)
+    if not chosen or not chosen <= {1, 2, 3, 4} or not all(isinstance(s, int) for s in chosen):
+        raise ValueError(f"add_se: stages must be a non-empty subset of 1..4 (or None for all), got {stages!r}")
+    return chosen
+
+
+def add_se(
+    model: nn.Module,
+    *,
+    reduction: float = 16,
+    stages: Iterable[int] | None = None,
+    position: SEPosition = "standard",
+    init: SEInit = "identity",
+    fused: bool = True,
+) -> nn.Module:
+    """Insert SE into every supported residual block of ``model`` (in place) and return ``model``.
+
+    Args:
+        model: A model containing supported blocks (a classifier, a features_only model, a Faster R-CNN, an smp
+            encoder or a whole smp model); see :func:`se_plugins.register_se_block` for your own blocks.
+        reduction: SE reduction ratio r (hidden width ``make_divisible(C / r, 8)`` as in timm).
+        stages: Which ResNet stages (1..4) get SE; ``None`` = all.
+        position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation).
+        init: ``"identity"``: the model computes exactly the same function as before (pretrained weights stay
+            valid); ``"random"``: the paper's initialisation.
+        fused: Fold the channel scale into the residual add (same results, less memory traffic).
+
+    Returns:
+        ``model``, with new parameters under ``<block>.se.`` and every existing state-dict key unchanged.
+
+    Raises:
+        ValueError: bad options, a model without supported blocks, or a model that already has SE.
+
+    Example:
+        >>> import timm
+        >>> model = add_se(timm.create_model("resnet18"), reduction=16)
+        >>> "layer1.0.se.fc1.weight" in model.state_dict()
+        True
+    """
+    if position not in SE_POSITIONS:
+        raise ValueError(f"add_se: position must be one of {SE_POSITIONS}, got {position!r}")
+    if init not in SE_INITS:
+        raise ValueError(f"add_se: init must be one of {SE_INITS}, got {init!r}")
+    chosen = _check_stages(stages)
+    blocks = list(iter_se_blocks(model))
+    if not blocks:
+        raise ValueError(
+            f"add_se: {type(model).__name__} has no supported residual block; supported: {supported_blocks()}"
+        )
+    for name, block, adapter in blocks:
+        if _block_has_se(block):
+            raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")
+        if position not in adapter.positions:
+            raise ValueError(
+                f"add_se: position {position!r} is not supported by {adapter.description} (block {name!r}); "
+                f"supported: {adapter.positions}"
+            )
+    for name, block, adapter in blocks:
+        if chosen is not None:
+            stage = adapter.stage(name)
+            if stage is None:
+                raise ValueError(f"add_se: cannot tell the stage of block {name!r} (expected it under 'layerN')")
+            if stage not in chosen:
+                continue
+        ref = next(block.parameters())
+        se = SqueezeExcite(adapter.channels(block, position), reduction, init=init, device=ref.device, dtype=ref.dtype)
+        block.__class__ = adapter.se_class
+        block.se = se
+        block.se_position = position
+        block.se_fused = fused
+    return model
+
+
+def set_se_fused(model: nn.Module, fused: bool) -> nn.Module:
+    """Switch every SE block of ``model`` between the fused and the plain implementation (same results)."""
+    for module in model.modules():
+        if isinstance(module, SEResidualBlock):
+            module.se_fused = fused
+    return model
+
+
+def se_modules(model: nn.Module) -> dict[str, SqueezeExcite]:
+    """The SE modules of ``model`` by qualified name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, SqueezeExcite)}

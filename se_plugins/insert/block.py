@@ -1,0 +1,86 @@
+"""The forward of a residual block with Squeeze-and-Excitation, shared by every residual block family.
+
+A block gets SE by switching its class to a subclass of its own class and :class:`SEResidualBlock` (so existing
+state-dict keys never change and the model stays picklable). The subclass says how its block is built by defining
+``residual(x)`` (the branch, up to and including its last norm), ``final_act(x)`` (what follows the add) and, where
+they differ from the defaults, ``shortcut(x)`` and ``branch_drop(x)`` / ``drop_path_active()``.
+
+The forward is written for every way a model is run: eager, ``torch.compile`` / ``torch.export``, TorchScript
+(``torch.jit.script``) and FX (``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``, timm's
+``feature_cls="fx"``), with grad on or off. No attribute carries a class-level annotation: TorchScript infers the
+attribute types from the values.
+"""
+
+import torch
+
+SE_POSITIONS = ("standard", "pre", "post", "identity")
+
+
+def _can_write_in_place(out: torch.Tensor, shortcut: torch.Tensor, gate: torch.Tensor) -> bool:
+    """Whether the fused SE add may overwrite the branch output ``out`` (eager or TorchScript, autograd off).
+
+    Under FX, torch.jit tracing, torch.compile and torch.export the functional form is recorded instead: a traced
+    or compiled graph must stay valid when it runs with autograd on, and inductor fuses the functional form anyway.
+    """
+    if torch.jit.is_scripting():
+        return not torch.is_grad_enabled() and out.dtype == shortcut.dtype and out.dtype == gate.dtype
+    else:
+        if isinstance(out, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        return not torch.is_grad_enabled() and out.dtype == shortcut.dtype == gate.dtype
+
+
+class SEResidualBlock:
+    """Mixin: the forward of a residual block with SE at ``se_position`` (the paper's integration designs, Fig. 5).
+
+    - ``standard``: on the residual branch after its last norm, before the add (SE-ResNet).
+    - ``pre``: on the residual branch's input (SE-PRE); the shortcut sees the unscaled input.
+    - ``post``: after the add and the final activation (SE-POST).
+    - ``identity``: on the shortcut, in parallel to the residual branch (SE-Identity).
+
+    With ``se_fused`` (default) the standard position folds the channel scale into the residual add
+    (``shortcut + branch * gate`` in one ``addcmul``), so the scaled branch is never materialised; with autograd off
+    (eager or TorchScript) the result is written into the branch output, as timm's ``x += shortcut`` does.
+
+    The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
+    by :func:`se_plugins.add_se`.
+    """
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - defined by each block class
+        raise NotImplementedError
+
+    def final_act(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - defined by each block class
+        raise NotImplementedError
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's shortcut path (default: ``downsample`` when the block has one)."""
+        if self.downsample is None:
+            return x
+        return self.downsample(x)
+
+    def branch_drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth on the residual branch (default: none)."""
+        return x
+
+    def drop_path_active(self) -> bool:
+        """Whether ``branch_drop`` changes its input now (then the scale cannot be folded into the add)."""
+        return False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        if self.se_position == "pre":
+            x = self.se(x)
+        out = self.residual(x)
+        if self.se_position == "standard":
+            if self.se_fused and not self.drop_path_active():
+                gate = self.se.gate(out)
+                if _can_write_in_place(out, shortcut, gate):
+                    return self.final_act(torch.addcmul(shortcut, out, gate, out=out))
+                return self.final_act(torch.addcmul(shortcut, out, gate))
+            out = self.se(out)
+        elif self.se_position == "identity":
+            shortcut = self.se(shortcut)
+        out = self.final_act(self.branch_drop(out) + shortcut)
+        if self.se_position == "post":
+            out = self.se(out)
+        return out

@@ -1,0 +1,109 @@
+"""Which block classes can get SE, and how: a small registry from block class to its SE adapter."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .block import SE_POSITIONS, SEResidualBlock
+
+_STAGE_RE = re.compile(r"(?:^|[._])layer(\d+)(?:[._]|$)")
+
+
+def stage_from_layer_name(name: str) -> int | None:
+    """Stage 1..4 of a ResNet-style block from its qualified name (``...layerN...``), or None."""
+    match = _STAGE_RE.search(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class SEAdapter:
+    """How one block class gets SE.
+
+    Attributes:
+        se_class: The class the block's class is switched to: a subclass of :class:`SEResidualBlock` and of the
+            block class, defining ``residual`` and ``final_act``.
+        channels: ``channels(block, position)`` -> the channel count SE sees at ``position``.
+        positions: The positions this family supports.
+        stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
+        description: A short name for error messages.
+    """
+
+    se_class: type[nn.Module]
+    channels: Callable[[nn.Module, str], int]
+    positions: tuple[str, ...] = SE_POSITIONS
+    stage: Callable[[str], int | None] = stage_from_layer_name
+    description: str = ""
+
+
+_ADAPTERS: dict[type[nn.Module], SEAdapter] = {}
+
+
+def conv_channels(last_conv: str, first_conv: str = "conv1") -> Callable[[nn.Module, str], int]:
+    """``channels(block, position)`` for a branch from conv ``first_conv`` to conv ``last_conv``.
+
+    SE sees the block input (``first_conv``'s input channels) at ``"pre"`` and the branch output elsewhere.
+    """
+
+    def channels(block: nn.Module, position: str) -> int:
+        return getattr(block, first_conv).in_channels if position == "pre" else getattr(block, last_conv).out_channels
+
+    return channels
+
+
+def register_se_block(
+    block_class: type[nn.Module],
+    se_class: type[nn.Module],
+    *,
+    channels: Callable[[nn.Module, str], int],
+    positions: tuple[str, ...] = SE_POSITIONS,
+    stage: Callable[[str], int | None] = stage_from_layer_name,
+    description: str = "",
+) -> SEAdapter:
+    """Make :func:`se_plugins.add_se` put SE into every ``block_class`` module (yours too).
+
+    Args:
+        block_class: The residual block class as the model builds it.
+        se_class: ``class MySEBlock(SEResidualBlock, MyBlock)`` defining ``residual(x)`` (the branch up to its
+            last norm) and ``final_act(x)`` (what follows the add); ``shortcut(x)`` defaults to ``downsample``.
+        channels: ``channels(block, position)`` -> channels SE sees (for ``"pre"`` the block input's).
+        positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports.
+        stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
+        description: Short name used in error messages.
+
+    Returns:
+        The registered adapter.
+
+    Example:
+        >>> class MySEBlock(SEResidualBlock, MyBlock):
+        ...     def residual(self, x):
+        ...         return self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        ...     def final_act(self, x):
+        ...         return self.act(x)
+        >>> register_se_block(MyBlock, MySEBlock, channels=lambda b, pos: b.conv2.out_channels)  # doctest: +SKIP
+    """
+    if not (issubclass(se_class, SEResidualBlock) and issubclass(se_class, block_class)):
+        raise TypeError(
+            f"register_se_block: {se_class.__name__} must subclass both SEResidualBlock and {block_class.__name__}"
+        )
+    unknown = set(positions) - set(SE_POSITIONS)
+    if not positions or unknown:
+        raise ValueError(f"register_se_block: positions must be a non-empty subset of {SE_POSITIONS}, got {positions}")
+    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__)
+    _ADAPTERS[block_class] = adapter
+    _ADAPTERS[se_class] = adapter
+    return adapter
+
+
+def adapter_for(module: nn.Module) -> SEAdapter | None:
+    """The adapter for ``module``'s class (its SE class included), or None when it is not a supported block."""
+    return _ADAPTERS.get(type(module))
+
+
+def supported_blocks() -> str:
+    """Human-readable list of the registered block families (for error messages)."""
+    names = sorted({a.description for a in _ADAPTERS.values()})
+    return "; ".join(names)
