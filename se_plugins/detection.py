@@ -17,7 +17,7 @@ import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Dict, Literal  # noqa: UP035 (TorchScript needs typing.Dict)
 
 import timm
 import torch
@@ -387,11 +387,14 @@ class TimmBackboneWithFPN(nn.Module):
         """Names of the FPN maps built from backbone levels (the RoI pooling levels)."""
         return [str(i) for i in range(len(self.in_channels_list))]
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # noqa: UP006 (TorchScript needs typing.Dict)
         features = self.body(x)
-        if isinstance(features, dict):
+        if torch.jit.isinstance(features, Dict[str, torch.Tensor]):  # noqa: UP006 (a timm FeatureDictNet)
             features = list(features.values())
-        return self.fpn(OrderedDict(zip(self.level_names, features, strict=True)))
+        levels: Dict[str, torch.Tensor] = OrderedDict()  # noqa: UP006
+        for i, feature in enumerate(features):
+            levels[str(i)] = feature
+        return self.fpn(levels)
 
 
 def _stage_units(body: nn.Module) -> list[list[str]] | None:

@@ -41,7 +41,7 @@ from .insert import SEPosition, add_se, has_se, iter_residual_blocks, se_modules
 from .layers import SE_INITS, SEInit, SqueezeExcite
 from .models import PREFIX
 
-__all__ = ["SEGMENTATION_MODELS", "add_decoder_se", "decoder_se_modules", "se_unet", "unet"]
+__all__ = ["SEGMENTATION_MODELS", "SEUnet", "add_decoder_se", "decoder_se_modules", "se_unet", "unet"]
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 TIMM_PREFIX = "tu-"
@@ -222,8 +222,9 @@ def _build_unet(
     activation: str | Callable | None,
     timm_kwargs: dict[str, Any],
     unet_kwargs: dict[str, Any],
+    build: Callable[..., smp.Unet] = smp.Unet,
 ) -> smp.Unet:
-    """Build an ``smp.Unet`` and load ``encoder_weights`` as described in the module docstring."""
+    """Build an ``smp.Unet`` (with ``build``) and load ``encoder_weights`` as described in the module docstring."""
     weights = _resolve_weights(caller, encoder_name, encoder_weights)
     if "output_stride" in unet_kwargs:  # smp's own name for it
         stride = unet_kwargs.pop("output_stride")
@@ -261,7 +262,7 @@ def _build_unet(
     else:
         kwargs["encoder_weights"] = weights if isinstance(weights, str) else None
     try:
-        model = smp.Unet(**kwargs)
+        model = build(**kwargs)
     except Exception as err:
         if isinstance(weights, str) and _is_download_error(err):
             raise _download_error(caller, encoder_name, weights, err) from None
@@ -292,25 +293,14 @@ def _add_encoder_se(caller: str, model: smp.Unet, encoder_name: str, **se_option
 
 
 # ------------------------------------------------------------------------------------------------ builders
-def se_unet(
-    encoder_name: str,
-    classes: int = 1,
-    *,
-    in_channels: int = 3,
-    encoder_depth: int = 5,
-    encoder_weights: str | os.PathLike | bool | None = None,
-    decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
-    encoder_output_stride: int = 32,
-    se_encoder: bool = True,
-    se_decoder: bool = True,
-    reduction: float = 16,
-    se_stages: Sequence[int] | None = None,
-    se_position: SEPosition = "standard",
-    se_init: SEInit | None = None,
-    activation: str | Callable | None = None,
-    **unet_kwargs: Any,
-) -> smp.Unet:
+class SEUnet(smp.Unet):
     """An ``smp.Unet`` with SE in the encoder's residual blocks and after each decoder block.
+
+    The class :func:`se_unet` returns. It is an ``smp.Unet`` in every way, and smp's ``save_pretrained`` /
+    ``from_pretrained`` rebuild it with its SE options: ``SEUnet.from_pretrained(DIR)``, or
+    ``smp.from_pretrained(DIR)`` (importing se_plugins makes the name ``SEUnet`` known to smp). The saved config
+    records ``encoder_weights=None`` and the resolved ``se_init``: the saved state dict holds every weight, so a
+    reload never fetches encoder weights again.
 
     Args:
         encoder_name: A native smp ResNet/ResNeXt (``"resnet34"``), a timm ResNet-family model
@@ -335,13 +325,91 @@ def se_unet(
         **unet_kwargs: More ``smp.Unet`` arguments (``decoder_use_norm``, ``decoder_interpolation``,
             ``aux_params``...) and, for ``tu-`` encoders, timm ``create_model`` ones (``drop_path_rate``).
 
-    Returns:
-        The ``smp.Unet``.
-
     Raises:
         SEPluginsError: weights that cannot be loaded (one line: the encoder, the weights, how to pass a
             file); ``se_encoder=True`` with an encoder without supported residual blocks (lists them).
         ValueError: bad SE options, or ``se_encoder=False`` with a ``tu-se_plugin_*`` encoder.
+
+    Example:
+        >>> model = SEUnet("resnet18", classes=5)
+        >>> model.save_pretrained("se-unet")  # doctest: +SKIP
+        >>> same = SEUnet.from_pretrained("se-unet")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = "resnet34",
+        classes: int = 1,
+        *,
+        in_channels: int = 3,
+        encoder_depth: int = 5,
+        encoder_weights: str | os.PathLike | bool | None = None,
+        decoder_channels: Sequence[int] = DEFAULT_DECODER_CHANNELS,
+        encoder_output_stride: int = 32,
+        se_encoder: bool = True,
+        se_decoder: bool = True,
+        reduction: float = 16,
+        se_stages: Sequence[int] | None = None,
+        se_position: SEPosition = "standard",
+        se_init: SEInit | None = None,
+        activation: str | Callable | None = None,
+        **unet_kwargs: Any,
+    ) -> None:
+        caller = "se_unet"
+        unet_kwargs = {k: v for k, v in unet_kwargs.items() if not k.startswith("_")}  # smp's hub keys
+        if se_init is not None and se_init not in SE_INITS:
+            raise ValueError(f"{caller}: se_init must be one of {SE_INITS} or None, got {se_init!r}")
+        timm_arch = encoder_name.removeprefix(TIMM_PREFIX) if _is_timm(encoder_name) else ""
+        builtin_se = timm_arch.startswith(PREFIX)
+        if builtin_se and not se_encoder:
+            raise ValueError(
+                f"{caller}: se_encoder=False contradicts encoder {encoder_name!r} (SE built in); use "
+                f"{TIMM_PREFIX + timm_arch.removeprefix(PREFIX)!r} for an encoder without SE"
+            )
+        if se_decoder and unet_kwargs.get("decoder_attention_type") is not None:
+            raise ValueError(
+                f"{caller}: se_decoder=True puts SE in the decoder's attention slot: drop decoder_attention_type"
+            )
+        init = se_init or ("identity" if encoder_weights is not None and encoder_weights is not False else "random")
+        se_options = dict(reduction=reduction, stages=se_stages, position=se_position, init=init)
+        # tu-se_plugin_* encoders take the SE options as timm create_model arguments (se_reduction, ...)
+        timm_kwargs = {f"se_{key}": value for key, value in se_options.items()} if builtin_se else {}
+
+        def build(**kwargs: Any) -> SEUnet:
+            smp.Unet.__init__(self, **kwargs)
+            return self
+
+        _build_unet(
+            caller,
+            encoder_name,
+            classes,
+            in_channels=in_channels,
+            encoder_depth=encoder_depth,
+            encoder_weights=encoder_weights,
+            decoder_channels=decoder_channels,
+            encoder_output_stride=encoder_output_stride,
+            activation=activation,
+            timm_kwargs=timm_kwargs,
+            unet_kwargs=unet_kwargs,
+            build=build,
+        )
+        if se_encoder and not builtin_se:
+            _add_encoder_se(caller, self, encoder_name, **se_options)
+        if se_decoder:
+            add_decoder_se(self, reduction=reduction, init=init)
+        if isinstance(self._hub_mixin_config, dict):  # what from_pretrained rebuilds: weights come from the file
+            self._hub_mixin_config.update(encoder_weights=None, se_init=init)
+
+
+smp.SEUnet = SEUnet  # smp.from_pretrained resolves the saved "_model_class" by name in smp's namespace
+
+
+def se_unet(encoder_name: str, classes: int = 1, **kwargs: Any) -> SEUnet:
+    """An ``smp.Unet`` with SE in the encoder's residual blocks and after each decoder block: :class:`SEUnet`.
+
+    Takes the arguments of :class:`SEUnet` (``in_channels``, ``encoder_depth``, ``encoder_weights``,
+    ``decoder_channels``, ``encoder_output_stride``, ``se_encoder``, ``se_decoder``, ``reduction``, ``se_stages``,
+    ``se_position``, ``se_init``, ``activation`` and more ``smp.Unet`` / timm arguments).
 
     Example:
         >>> model = se_unet("resnet18", classes=5)
@@ -350,44 +418,7 @@ def se_unet(
         >>> "decoder.blocks.0.attention2.attention.fc1.weight" in model.state_dict()
         True
     """
-    caller = "se_unet"
-    if se_init is not None and se_init not in SE_INITS:
-        raise ValueError(f"{caller}: se_init must be one of {SE_INITS} or None, got {se_init!r}")
-    timm_arch = encoder_name.removeprefix(TIMM_PREFIX) if _is_timm(encoder_name) else ""
-    builtin_se = timm_arch.startswith(PREFIX)
-    if builtin_se and not se_encoder:
-        raise ValueError(
-            f"{caller}: se_encoder=False contradicts encoder {encoder_name!r} (SE built in); use "
-            f"{TIMM_PREFIX + timm_arch.removeprefix(PREFIX)!r} for an encoder without SE"
-        )
-    if se_decoder and unet_kwargs.get("decoder_attention_type") is not None:
-        raise ValueError(
-            f"{caller}: se_decoder=True puts SE in the decoder's attention slot: drop decoder_attention_type"
-        )
-    init = se_init or (
-        "identity" if encoder_weights is not None and encoder_weights is not False else "random"
-    )
-    se_options = dict(reduction=reduction, stages=se_stages, position=se_position, init=init)
-    # tu-se_plugin_* encoders take the SE options as timm create_model arguments (se_reduction, ...)
-    timm_kwargs = {f"se_{key}": value for key, value in se_options.items()} if builtin_se else {}
-    model = _build_unet(
-        caller,
-        encoder_name,
-        classes,
-        in_channels=in_channels,
-        encoder_depth=encoder_depth,
-        encoder_weights=encoder_weights,
-        decoder_channels=decoder_channels,
-        encoder_output_stride=encoder_output_stride,
-        activation=activation,
-        timm_kwargs=timm_kwargs,
-        unet_kwargs=unet_kwargs,
-    )
-    if se_encoder and not builtin_se:
-        _add_encoder_se(caller, model, encoder_name, **se_options)
-    if se_decoder:
-        add_decoder_se(model, reduction=reduction, init=init)
-    return model
+    return SEUnet(encoder_name, classes, **kwargs)
 
 
 def unet(

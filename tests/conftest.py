@@ -1,5 +1,6 @@
 """Shared test helpers: small deterministic models with non-trivial normalisation statistics."""
 
+import math
 import os
 
 import pytest
@@ -30,3 +31,17 @@ def rng_input():
         return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
     return make
+
+
+def rounding_tolerance(expected, *, layers: int, fan_in: int, dtype: torch.dtype = torch.float32) -> float:
+    """Absolute bound on the difference of two computations of one function that differ only in float rounding.
+
+    Each of ``layers`` layers may round differently on the two sides (other kernels, another summation order, a
+    fused multiply-add): a relative error of about ``sqrt(fan_in) * eps`` for a sum of ``fan_in`` products
+    (``fan_in = 1`` for an element-wise op). Normalised activations keep their size from layer to layer, so the
+    errors add up along the depth: ``|a - b| <= layers * sqrt(fan_in) * eps(dtype) * max|expected|``. That is
+    orders of magnitude below any real mistake (a wrong weight, a missing SE) and holds on every CPU.
+    """
+    tensors = expected if isinstance(expected, list | tuple) else [expected]
+    scale = max(float(t.detach().abs().max()) for t in tensors)
+    return layers * math.sqrt(fan_in) * torch.finfo(dtype).eps * max(scale, 1.0)

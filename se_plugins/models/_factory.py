@@ -21,6 +21,7 @@ from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, registe
 from torch import nn
 
 from ..insert import add_se, has_se, iter_se_blocks, se_modules
+from ._features import SEFeatureGraphNet, inserting_before_features, wants_fx_features
 
 PREFIX = "se_plugin_"
 _SE_KWARGS = {
@@ -65,7 +66,10 @@ def create_se_plugin(base_entrypoint: Callable[..., nn.Module], pretrained: bool
     """Build the SE twin of ``base_entrypoint`` (a timm entrypoint; kwargs: timm's, plus the SE options)."""
     insert = functools.partial(add_se, **pop_se_kwargs(kwargs))
     filter_fn = functools.partial(_insert_se_and_complete, insert=insert)
-    model = base_entrypoint(pretrained=pretrained, pretrained_filter_fn=filter_fn, **kwargs)
+    if wants_fx_features(kwargs):
+        kwargs["feature_cls"] = SEFeatureGraphNet
+    with inserting_before_features(insert):
+        model = base_entrypoint(pretrained=pretrained, pretrained_filter_fn=filter_fn, **kwargs)
     # features_only with out_indices=(0,) keeps only the stem: no block is left to get SE
     if not has_se(model) and next(iter_se_blocks(model), None) is not None:
         insert(model)
