@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# timm's own model tests (tests/test_models.py from the sdist of the installed timm) on the se_plugin_* models.
+#
+#   tools/timm_conformance.sh           CI subset: one model of each block kind, every marker timm's CI runs
+#   tools/timm_conformance.sh --all     every se_plugin_* model and every test that downloads no weights
+#                                       (also the unmarked FX+TorchScript and prune contract tests; hours on 2 cores)
+# Extra arguments go to pytest (e.g. -n 4). TIMM_TESTS_DIR keeps the unpacked sdist between runs.
+# `TORCH_BACKEND=se_plugins` is timm's own hook for importing a module before the tests collect their models.
+set -euo pipefail
+all=0
+if [[ "${1:-}" == "--all" ]]; then all=1; shift; fi
+version=$(python -c "import timm; print(timm.__version__)")
+work="${TIMM_TESTS_DIR:-$(mktemp -d)}"
+src="$work/timm-$version"
+if [[ ! -f "$src/tests/test_models.py" ]]; then
+  python -m pip download --quiet --no-deps --no-binary :all: "timm==$version" -d "$work"
+  tar -xzf "$work/timm-$version.tar.gz" -C "$work"
+fi
+if [[ $all == 1 ]]; then
+  models=$(python -c "import timm, se_plugins; print(' '.join(timm.list_models('se_plugin_*')))")
+  markers=()
+else
+  # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur
+  models="se_plugin_resnet18 se_plugin_resnet50 se_plugin_resnet26d se_plugin_resnet10t se_plugin_resnext50_32x4d
+          se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18"
+  markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
+fi
+selection=""
+for m in $models; do selection+="${selection:+ or }$m]"; done  # test ids end with "<model>]"
+cd "$src"
+TORCH_BACKEND=se_plugins HF_HUB_OFFLINE=1 python -m pytest tests/test_models.py -q -p no:cacheprovider \
+  -k "($selection) and not test_model_load_pretrained and not test_model_features_pretrained" "${markers[@]}" \
+  -n 2 "$@"
