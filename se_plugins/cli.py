@@ -1,4 +1,4 @@
-"""The ``se-plugins`` command line: train, eval, eval-results, make-shapes, benchmark.
+"""The ``se-plugins`` command line: train, check-data, eval, eval-results, make-shapes, benchmark.
 
 Usage::
 
@@ -10,7 +10,8 @@ Usage::
     se-plugins benchmark ...
     torchrun --nproc_per_node=N -m se_plugins.cli train CONFIG        # multi-GPU (DDP)
 
-Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2.
+Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2; warnings
+are printed as one line ``se-plugins: warning: <message>``.
 Heavy modules are imported only by the subcommand that needs them.
 """
 
