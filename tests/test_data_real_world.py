@@ -284,3 +284,21 @@ def test_coco_warnings_name_the_file_and_ids(tmp_path):
         f"images (image ids 3; first: {tmp_path / 'img' / 'im3.png'}: cannot read image (file not found)); "
         "dropped 1 images without boxes (keep_empty=False; image ids 2)"
     ]
+
+
+def test_coco_decode_failure_warning_names_the_image(tmp_path):
+    ann_file = write_coco(
+        tmp_path, [_box(1, 1, 1, [2, 2, 10, 8]), _box(2, 2, 1, [2, 2, 10, 8])], [{"id": 1, "name": "a"}]
+    )
+    noise = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    (tmp_path / "img" / "im1.png").write_bytes(buffer.getvalue()[:400])  # the header reads, the pixels do not
+    ds = CocoDetection(tmp_path / "img", ann_file, skip_bad_images=True)
+    assert ds.ids == [1, 2]  # the header check at build time passes
+    with pytest.warns(UserWarning) as record:
+        _, target = ds[0]
+    assert target["image_id"] == 2
+    message = str(record[0].message)
+    assert message.startswith(f"{ann_file}: image id 1 failed to decode ({tmp_path / 'img' / 'im1.png'}: cannot read")
+    assert message.endswith("; using the next one (warned once; se-plugins check-data lists them all)")

@@ -333,12 +333,14 @@ class CocoDetection(_CocoBase):
             try:
                 image = self._load_image(idx)
                 break
-            except DataError:
+            except DataError as e:
                 if not self.skip_bad_images or attempt == len(self) - 1:
                     raise
                 if not self._warned_decode:
                     warnings.warn(
-                        f"{self.ann_file}: an image failed to decode; using the next one", stacklevel=2
+                        f"{self.ann_file}: image id {self.ids[idx]} failed to decode ({e}); using the next one "
+                        "(warned once; se-plugins check-data lists them all)",
+                        stacklevel=2,
                     )
                     self._warned_decode = True
                 idx = (idx + 1) % len(self)
