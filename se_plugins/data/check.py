@@ -32,7 +32,7 @@ from PIL import Image
 from se_plugins.atomic import atomic_write_bytes
 from se_plugins.data._messages import some_ids
 from se_plugins.data.coco import CocoDetection, CocoSegmentation, _CocoBase
-from se_plugins.data.voc import IGNORE_INDEX, VOCDetection, VOCSegmentation
+from se_plugins.data.voc import IGNORE_INDEX, VOCDetection, VOCSegmentation, voc_palette
 from se_plugins.errors import SEPluginsError
 
 MAX_ERRORS = 10
@@ -252,6 +252,7 @@ def _samples(ds: Any, num: int, path: Path, height: int = 256) -> Path:
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     tiles = []
+    palette = voc_palette()
     saved, ds.transforms = ds.transforms, None
     try:
         for i in range(min(num, len(ds))):
@@ -268,8 +269,10 @@ def _samples(ds: Any, num: int, path: Path, height: int = 256) -> Path:
             else:
                 mask = TF.resize(target.as_subclass(torch.Tensor)[None], size, InterpolationMode.NEAREST)[0]
                 values = [v for v in mask.unique().tolist() if v != 0]
-                if values:
-                    canvas = draw_segmentation_masks(canvas, torch.stack([mask == v for v in values]), alpha=0.5)
+                if values:  # the VOC colour of each class index (255, ignore: light grey)
+                    colors = [tuple(palette[3 * v : 3 * v + 3]) for v in values]
+                    layers = torch.stack([mask == v for v in values])
+                    canvas = draw_segmentation_masks(canvas, layers, alpha=0.6, colors=colors)
             tiles.append(Image.fromarray(canvas.permute(1, 2, 0).numpy()))
     finally:
         ds.transforms = saved

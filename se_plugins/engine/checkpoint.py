@@ -137,7 +137,6 @@ RESUME_FREE_KEYS: tuple[str, ...] = (
     "train.tensorboard",
     "data.num_workers",
     "data.persistent_workers",
-    "data.skip_bad_images",
     "eval.batch_size",
     "eval.score_threshold",
 )
