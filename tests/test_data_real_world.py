@@ -241,8 +241,8 @@ def test_coco_annotation_ids_from_zero_are_renumbered_for_evaluation(tmp_path, c
     with caplog.at_level(logging.INFO, logger="se_plugins.data"):
         ds = CocoDetection(tmp_path / "img", ann_file)
     assert ds.eval_notes == [
-        "annotation ids must be positive integers for COCOeval (id 0 reads as 'unmatched'): evaluating with "
-        "the annotations renumbered 1..3 (the file is unchanged)",
+        "annotation ids must be positive integers for COCOeval, which reads id 0 as 'unmatched' (first: 0): "
+        "evaluating with the annotations renumbered 1..3 (the file is unchanged)",
         "1 annotations have no area (ids 1): evaluating with w*h",
     ]
     assert caplog.messages == [f"{ann_file}: {note}" for note in ds.eval_notes]

@@ -77,9 +77,7 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
     return coco_from_dict(data)
 
 
-def evaluation_ground_truth(
-    coco: COCO, ann_file: str | os.PathLike, exclude_cat_ids: Sequence[int] = ()
-) -> tuple[COCO, list[str]]:
+def evaluation_ground_truth(coco: COCO, exclude_cat_ids: Sequence[int] = ()) -> tuple[COCO, list[str]]:
     """The ground truth of a COCO file made safe for ``COCOeval``, and what was changed to get it.
 
     ``COCOeval`` silently mis-evaluates, or fails only at the end of the first epoch, on data that real exports
@@ -97,7 +95,8 @@ def evaluation_ground_truth(
     data = coco.dataset
     anns = data["annotations"]
     exclude = set(exclude_cat_ids)
-    renumber = any(isinstance(a["id"], bool) or not isinstance(a["id"], int) or a["id"] <= 0 for a in anns)
+    bad_ids = [a["id"] for a in anns if isinstance(a["id"], bool) or not isinstance(a["id"], int) or a["id"] <= 0]
+    renumber = bool(bad_ids)
     no_area = [a["id"] for a in anns if "area" not in a]
     no_crowd = [a["id"] for a in anns if "iscrowd" not in a]
     flat = [a for a in anns if not a.get("iscrowd", 0) and (a["bbox"][2] <= 0 or a["bbox"][3] <= 0)]
@@ -106,9 +105,9 @@ def evaluation_ground_truth(
         return coco, []
     notes = []
     if renumber:
-        first = next(a["id"] for a in anns if isinstance(a["id"], bool) or not isinstance(a["id"], int) or a["id"] <= 0)
         notes.append(
-            f"annotation ids must be positive integers for COCOeval (id {first!r} reads as 'unmatched'): "
+            f"annotation ids must be positive integers for COCOeval, which reads id 0 as 'unmatched' (first: "
+            f"{bad_ids[0]!r}): "
             f"evaluating with the annotations renumbered 1..{len(anns)} (the file is unchanged)"
         )
     if no_area:
@@ -310,7 +309,7 @@ class CocoDetection(_CocoBase):
         if notes:
             warnings.warn(f"{self.ann_file}: " + "; ".join(notes), stacklevel=2)
         self._warned_decode = False
-        self._eval_coco, self.eval_notes = evaluation_ground_truth(self.coco, self.ann_file, self.background_cat_ids)
+        self._eval_coco, self.eval_notes = evaluation_ground_truth(self.coco, self.background_cat_ids)
         for note in self.eval_notes:
             logger.info(f"{self.ann_file}: {note}")
 
