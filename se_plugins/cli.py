@@ -1,15 +1,17 @@
-"""The ``se-plugins`` command line: train, eval, eval-results, make-shapes, benchmark.
+"""The ``se-plugins`` command line: train, check-data, eval, eval-results, make-shapes, benchmark.
 
 Usage::
 
-    se-plugins train CONFIG [--set key=value ...] [--resume CKPT|auto]
+    se-plugins train CONFIG [--set key=value ...] [--resume CKPT|auto [--resume-override]]
+    se-plugins check-data CONFIG [--set key=value ...] [--max-images N] [--samples N]
     se-plugins eval CONFIG --checkpoint CKPT [--set key=value ...] [--out JSON] [--vis N]
     se-plugins eval-results --annotations GT.json --results DT.json [--iou-type bbox|segm] [--out JSON]
     se-plugins make-shapes OUT_DIR [--num-train N] [--num-val N] [--image-size S] [--seed S]
     se-plugins benchmark ...
     torchrun --nproc_per_node=N -m se_plugins.cli train CONFIG        # multi-GPU (DDP)
 
-Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2.
+Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2; warnings
+are printed as one line ``se-plugins: warning: <message>``.
 Heavy modules are imported only by the subcommand that needs them.
 """
 
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", metavar="CKPT", help="continue from a last.pth ('auto': <output_dir>/last.pth if any)"
     )
+    train.add_argument(
+        "--resume-override",
+        action="store_true",
+        help="with --resume: apply config changes (lr, schedule, data...) that make the run differ from an "
+        "uninterrupted one (without it they are refused; more train.epochs is always allowed)",
+    )
+
+    check = sub.add_parser("check-data", help="validate the config's data sets as training would build them")
+    check.add_argument("config", help="YAML config file")
+    _add_set(check)
+    check.add_argument("--max-images", type=int, metavar="N", help="decode only the first N images of each split")
+    check.add_argument(
+        "--samples", type=int, default=4, metavar="N", help="training images drawn into samples.png (default 4)"
+    )
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation data")
     ev.add_argument("config", help="YAML config file")
@@ -83,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     _setup_logging()
     try:
-        if args.command in DELEGATED:
-            return _run_delegated(args.command, rest)
-        return {"train": _train, "eval": _eval, "eval-results": _eval_results}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            if args.command in DELEGATED:
+                return _run_delegated(args.command, rest)
+            commands = {"train": _train, "eval": _eval, "eval-results": _eval_results, "check-data": _check_data}
+            return commands[args.command](args)
     except SEPluginsError as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -109,9 +128,11 @@ def _train(args: argparse.Namespace) -> int:
     if resume == "auto":
         last = Path(cfg.output_dir) / "last.pth"
         resume = last if last.is_file() else None
+    if args.resume_override and not args.resume:
+        raise SEPluginsError("--resume-override needs --resume")
     try:
         trainer = Trainer(cfg)
-        metrics = trainer.fit(resume=resume)
+        metrics = trainer.fit(resume=resume, resume_override=args.resume_override)
         if trainer.dist.is_main:
             print(format_metrics(metrics, title=f"final metrics ({cfg.output_dir})"))
     finally:
@@ -125,7 +146,7 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     from se_plugins.atomic import atomic_write_bytes
     from se_plugins.engine.distributed import cleanup_distributed
-    from se_plugins.engine.logging import format_metrics
+    from se_plugins.engine.logging import format_metrics, strict_json
     from se_plugins.engine.trainer import Trainer
 
     checkpoint = Path(args.checkpoint)
@@ -136,7 +157,7 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = trainer.evaluate(checkpoint, num_vis=args.vis, vis_dir=vis_dir)
         if trainer.dist.is_main:
             report = {"checkpoint": str(checkpoint), "config": str(args.config), "metrics": metrics}
-            atomic_write_bytes(out, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+            atomic_write_bytes(out, (strict_json(report) + "\n").encode("utf-8"))  # NaN -> null
             print(format_metrics(metrics, title=f"{checkpoint}"))
             print(f"metrics written to {out}")
     finally:
@@ -147,13 +168,32 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_results(args: argparse.Namespace) -> int:
     from se_plugins.atomic import atomic_write_bytes
     from se_plugins.engine.evaluation import evaluate_coco_files
-    from se_plugins.engine.logging import format_metrics
+    from se_plugins.engine.logging import format_metrics, strict_json
 
     metrics = evaluate_coco_files(args.annotations, args.results, iou_type=args.iou_type)
     print(format_metrics(metrics, title=f"{args.results} vs {args.annotations} ({args.iou_type})"))
     if args.out:
-        atomic_write_bytes(args.out, (json.dumps(metrics, indent=2) + "\n").encode("utf-8"))
+        atomic_write_bytes(args.out, (strict_json(metrics) + "\n").encode("utf-8"))
     return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from se_plugins.engine.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from se_plugins.data.check import check_datasets, format_reports, write_figures
+    from se_plugins.engine.tasks import build_task
+
+    task = build_task(cfg)
+    datasets = dict(zip(("train", "val"), task.build_datasets(), strict=True))
+    if callable(getattr(task, "num_classes", None)):
+        task.num_classes()  # detection: model.num_classes against the data's classes
+    reports = check_datasets(datasets, decode=True, max_images=args.max_images)
+    print(format_reports(reports))
+    files = write_figures(reports, datasets, Path(cfg.output_dir) / "check-data", num_samples=args.samples)
+    for path in files:
+        print(f"wrote {path}")
+    return 2 if any(r.num_errors for r in reports.values()) else 0
 
 
 def _run_delegated(command: str, rest: list[str]) -> int:
@@ -198,6 +238,11 @@ def _setup_logging() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings as one line ``se-plugins: warning: <message>`` on stderr (no source line)."""
+    print(f"{PROG}: warning: {_one_line(message) if isinstance(message, Warning) else message}", file=sys.stderr)
 
 
 def _one_line(e: BaseException) -> str:

@@ -79,8 +79,12 @@ def test_targets_crowd_degenerate_clipping(basic):
     assert target["labels"].tolist() == [2, 3, 1] and target["labels"].dtype == torch.int64
     assert target["area"].tolist() == [80.0, 50.0, 12.0] and target["area"].dtype == torch.float32
     assert target["iscrowd"].tolist() == [0, 0, 0] and target["image_id"] == 1
-    # the crowd annotation is not a training box but is in the ground truth used for evaluation
-    assert ds.coco.anns[2]["iscrowd"] == 1 and ds.coco_ground_truth() is ds.coco
+    # the crowd annotation is not a training box but is in the ground truth used for evaluation; the box of
+    # height 0 (annotation 5) can never be matched, so it is left out of evaluation too
+    gt = ds.coco_ground_truth()
+    assert gt.anns[2]["iscrowd"] == 1 and sorted(gt.anns) == [1, 2, 3, 4, 6]
+    assert sorted(ds.coco.anns) == [1, 2, 3, 4, 5, 6]
+    assert ds.eval_notes == ["left 1 boxes of zero or negative width/height out of evaluation (annotation ids 5)"]
     for idx in (1, 2):
         _, empty = ds[idx]
         assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)

@@ -136,9 +136,12 @@ def test_bad_inputs_name_the_file(tmp_path):
     assert str(root / "Annotations" / "a.xml") in str(err.value)
     (root / "Annotations" / "a.xml").write_text(XML_A)
     (root / "JPEGImages" / "a.jpg").unlink()
-    with pytest.raises(DataError, match="cannot read image") as err:
+    with pytest.raises(DataError) as err:
         VOCDetection(root, "train")
-    assert str(root / "JPEGImages" / "a.jpg") in str(err.value)
+    assert str(err.value) == (
+        f"{root / 'Annotations' / 'a.xml'} (split 'train'): image not found: {root / 'JPEGImages' / 'a.jpg'} "
+        f"(its <filename>) does not exist, and no {root / 'JPEGImages' / 'a'}.{{jpg/jpeg/png/tif/tiff/bmp/webp}} exists"
+    )
 
 
 def test_xml_size_mismatch(tmp_path):
@@ -203,6 +206,11 @@ def test_segmentation_bad_inputs(tmp_path):
     small = VOCSegmentation(root, "train", classes=["background", "thing"])
     with pytest.raises(DataError, match=r"outside 0..1"):
         small[1]
+    (root / "JPEGImages" / "rgb.jpg").unlink()
+    with pytest.raises(DataError, match=r"train\.txt lists 'rgb': image not found: no .*rgb\.\{jpg/jpeg/png/"):
+        VOCSegmentation(root, "train")
+    Image.new("RGB", (8, 6)).save(root / "JPEGImages" / "rgb.TIF")  # another extension, upper case
+    assert VOCSegmentation(root, "train").image_path(2).name == "rgb.TIF"
     (png / "rgb.png").unlink()
     with pytest.raises(DataError, match="file not found") as err:
         VOCSegmentation(root, "train")

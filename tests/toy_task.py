@@ -5,7 +5,8 @@ Used through ``task: toy_task:ToyTask`` (``tests/`` on ``sys.path``). Knobs in `
 - ``num_train`` / ``num_val``: dataset sizes (default 64 / 32);
 - ``nan_at_call``: the N-th ``train_step`` call (1-based) returns a NaN loss;
 - ``crash_at_call``: the N-th ``train_step`` call raises ``RuntimeError`` (a simulated crash);
-- ``dump_dir``: ``evaluate`` saves this rank's weights to ``dump_dir/rank{R}.pt`` (DDP test).
+- ``dump_dir``: ``evaluate`` saves this rank's weights to ``dump_dir/rank{R}.pt`` (DDP test);
+- ``nan_metric``: ``evaluate`` also returns ``"undefined": nan`` (a metric with nothing to measure).
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ class ToyTask(Task):
             torch.save(model.state_dict(), path)
         parts = all_gather_object((correct, total, loss_sum))
         total = sum(p[1] for p in parts)
-        return {"accuracy": sum(p[0] for p in parts) / total, "val_loss": sum(p[2] for p in parts) / total}
+        metrics = {"accuracy": sum(p[0] for p in parts) / total, "val_loss": sum(p[2] for p in parts) / total}
+        if self.options.get("nan_metric"):
+            metrics["undefined"] = float("nan")
+        return metrics
 
     def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
         files = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,8 +16,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from se_plugins.data._io import coco_from_dict, fit_box, load_json, load_rgb_image, read_image_size
+from se_plugins.data._messages import is_background_name, some_ids
 from se_plugins.data.voc import IGNORE_INDEX
 from se_plugins.errors import DataError
+
+logger = logging.getLogger("se_plugins.data")
 
 
 def load_coco(ann_file: str | os.PathLike) -> COCO:
@@ -73,14 +77,90 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
     return coco_from_dict(data)
 
 
-class _CocoBase(Dataset):
-    """Shared part of the COCO readers: the file, the category mapping, image paths and sizes."""
+def evaluation_ground_truth(coco: COCO, exclude_cat_ids: Sequence[int] = ()) -> tuple[COCO, list[str]]:
+    """The ground truth of a COCO file made safe for ``COCOeval``, and what was changed to get it.
 
-    def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike) -> None:
+    ``COCOeval`` silently mis-evaluates, or fails only at the end of the first epoch, on data that real exports
+    hold. Each fix is safe (results never refer to ground-truth annotation ids) and is stated in the notes:
+
+    - annotation ids that are not positive integers (exports that count from 0; COCOeval reads id 0 as
+      "unmatched", so a detection matched to it counts as a false positive): renumbered 1..N;
+    - annotations without ``area`` (COCOeval needs it): ``area = w * h``; without ``iscrowd``: 0 (not noted);
+    - boxes of zero or negative width or height: left out (they can never be matched);
+    - the categories ``exclude_cat_ids`` (a background category) and their annotations: left out.
+
+    Returns:
+        ``(coco, notes)``: ``coco`` itself when nothing needed changing (``notes == []``), else a new object.
+    """
+    data = coco.dataset
+    anns = data["annotations"]
+    exclude = set(exclude_cat_ids)
+    bad_ids = [a["id"] for a in anns if isinstance(a["id"], bool) or not isinstance(a["id"], int) or a["id"] <= 0]
+    renumber = bool(bad_ids)
+    no_area = [a["id"] for a in anns if "area" not in a]
+    no_crowd = [a["id"] for a in anns if "iscrowd" not in a]
+    flat = [a for a in anns if not a.get("iscrowd", 0) and (a["bbox"][2] <= 0 or a["bbox"][3] <= 0)]
+    excluded = [a for a in anns if a["category_id"] in exclude]
+    if not (renumber or no_area or no_crowd or flat or exclude):
+        return coco, []
+    notes = []
+    if renumber:
+        notes.append(
+            f"annotation ids must be positive integers for COCOeval, which reads id 0 as 'unmatched' (first: "
+            f"{bad_ids[0]!r}): "
+            f"evaluating with the annotations renumbered 1..{len(anns)} (the file is unchanged)"
+        )
+    if no_area:
+        notes.append(f"{len(no_area)} annotations have no area (ids {some_ids(no_area)}): evaluating with w*h")
+    if flat:
+        notes.append(
+            f"left {len(flat)} boxes of zero or negative width/height out of evaluation "
+            f"(annotation ids {some_ids([a['id'] for a in flat])})"
+        )
+    drop = {id(a) for a in flat + excluded}
+    fixed = []
+    for a in anns:
+        if id(a) in drop:
+            continue
+        a = dict(a)
+        if renumber:
+            a["id"] = len(fixed) + 1
+        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+        a.setdefault("iscrowd", 0)
+        fixed.append(a)
+    if exclude:
+        notes.append(f"left the background category out of evaluation ({len(excluded)} annotations)")
+    cats = [c for c in data["categories"] if c["id"] not in exclude]
+    return coco_from_dict({**data, "annotations": fixed, "categories": cats}), notes
+
+
+class _CocoBase(Dataset):
+    """Shared part of the COCO readers: the file, the category mapping, image paths and sizes.
+
+    A category named like background (``background``, ``_background_``, ``__background__``; annotation tools
+    such as labelme's converters write it, usually with id 0) is not a class unless ``keep_background_category``:
+    ``categories`` lists the others, in order of id.
+    """
+
+    def __init__(
+        self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, keep_background_category: bool = False
+    ) -> None:
         self.img_dir = Path(img_dir)
         self.ann_file = Path(ann_file)
         self.coco: COCO = load_coco(self.ann_file)
         self.ids: list[int] = sorted(self.coco.imgs)
+        cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        background = [] if keep_background_category else [c for c in cats if is_background_name(c["name"])]
+        self.background_cat_ids: list[int] = [c["id"] for c in background]
+        self.categories: list[dict[str, Any]] = [c for c in cats if c["id"] not in self.background_cat_ids]
+        if background and not self.categories:
+            raise DataError(f"{self.ann_file}: the only category, {background[0]['name']!r}, is the background")
+        for c in background:
+            count = sum(1 for a in self.coco.anns.values() if a["category_id"] == c["id"])
+            logger.info(
+                f"{self.ann_file}: category {c['id']} {c['name']!r} is the background: not a class "
+                f"({count} annotations of it ignored; data.keep_background_category: true keeps it)"
+            )
 
     def image_path(self, image_id: int) -> Path:
         """Path of the image file of COCO image ``image_id``."""
@@ -128,6 +208,8 @@ class CocoDetection(_CocoBase):
         ann_file: COCO instances JSON.
         transforms: Callable ``(image, target) -> (image, target)``, e.g. ``detection_transforms(True)``.
         keep_empty: Keep images without boxes (as negatives); False drops them.
+        keep_background_category: Keep a category named like background as a class (default: not a class,
+            its annotations are ignored; see ``_CocoBase``).
         skip_bad_images: Drop images whose file is missing or unreadable (checked from the file header
             when the data set is built; a file that fails to decode later is replaced by the next image),
             and boxes lying entirely outside their image, with one warning that counts them. False
@@ -146,11 +228,12 @@ class CocoDetection(_CocoBase):
         transforms: Callable | None = None,
         keep_empty: bool = True,
         skip_bad_images: bool = False,
+        keep_background_category: bool = False,
     ) -> None:
-        super().__init__(img_dir, ann_file)
+        super().__init__(img_dir, ann_file, keep_background_category)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
-        cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        cats = self.categories
         self.class_names: list[str] = [c["name"] for c in cats]
         self.label_to_cat_id: dict[int, int] = {i + 1: c["id"] for i, c in enumerate(cats)}
         self.cat_id_to_label: dict[int, int] = {c: label for label, c in self.label_to_cat_id.items()}
@@ -164,7 +247,8 @@ class CocoDetection(_CocoBase):
                     bad[image_id] = str(e)
 
         self._targets: dict[int, dict[str, np.ndarray]] = {}
-        degenerate = outside = 0
+        degenerate: list[int] = []  # annotation ids
+        outside: list[int] = []
         for image_id in self.ids:
             if image_id in bad:
                 continue
@@ -172,20 +256,20 @@ class CocoDetection(_CocoBase):
             height, width = int(info["height"]), int(info["width"])
             boxes, labels, areas = [], [], []
             for ann in self.coco.imgToAnns.get(image_id, []):
-                if ann.get("iscrowd", 0):
-                    continue
+                if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat_id_to_label:
+                    continue  # crowd regions: evaluation only; background category: not a class
                 x, y, w, h = ann["bbox"]
                 status, box = fit_box((x, y, x + w, y + h), height, width)
                 if status == "outside":
                     if skip_bad_images:
-                        outside += 1
+                        outside.append(ann["id"])
                         continue
                     raise DataError(
                         f"{self.ann_file}: annotation {ann['id']} of image {self.image_path(image_id)}: box "
                         f"{ann['bbox']} lies entirely outside the {width}x{height} image"
                     )
                 if status == "degenerate":
-                    degenerate += 1
+                    degenerate.append(ann["id"])
                     continue
                 boxes.append(box)
                 labels.append(self.cat_id_to_label[ann["category_id"]])
@@ -199,20 +283,35 @@ class CocoDetection(_CocoBase):
         self.ids = [
             i for i in self.ids if i in self._targets and (keep_empty or len(self._targets[i]["labels"]))
         ]
+        self.dropped: dict[str, list[int]] = {
+            "degenerate_boxes": degenerate,  # annotation ids
+            "outside_boxes": outside,  # annotation ids
+            "unreadable_images": list(bad),  # image ids
+            "empty_images": [] if keep_empty else empty,  # image ids
+        }
         notes = []
         if degenerate:
-            notes.append(f"dropped {degenerate} degenerate boxes (under 1 px wide or high after clipping)")
+            notes.append(
+                f"dropped {len(degenerate)} degenerate boxes (under 1 px wide or high after clipping; "
+                f"annotation ids {some_ids(degenerate)})"
+            )
         if outside:
-            notes.append(f"dropped {outside} boxes lying entirely outside their image")
+            notes.append(
+                f"dropped {len(outside)} boxes lying entirely outside their image (annotation ids {some_ids(outside)})"
+            )
         if bad:
             notes.append(
-                f"skipped {len(bad)} missing or unreadable images (first: {next(iter(bad.values()))})"
+                f"skipped {len(bad)} missing or unreadable images (image ids {some_ids(list(bad))}; "
+                f"first: {next(iter(bad.values()))})"
             )
         if empty and not keep_empty:
-            notes.append(f"dropped {len(empty)} images without boxes (keep_empty=False)")
+            notes.append(f"dropped {len(empty)} images without boxes (keep_empty=False; image ids {some_ids(empty)})")
         if notes:
             warnings.warn(f"{self.ann_file}: " + "; ".join(notes), stacklevel=2)
         self._warned_decode = False
+        self._eval_coco, self.eval_notes = evaluation_ground_truth(self.coco, self.background_cat_ids)
+        for note in self.eval_notes:
+            logger.info(f"{self.ann_file}: {note}")
 
     @property
     def num_classes(self) -> int:
@@ -220,8 +319,12 @@ class CocoDetection(_CocoBase):
         return len(self.class_names) + 1
 
     def coco_ground_truth(self) -> COCO:
-        """The ground truth for COCO evaluation (``self.coco``; category ids via ``label_to_cat_id``)."""
-        return self.coco
+        """The ground truth for COCO evaluation (category ids via ``label_to_cat_id``).
+
+        ``self.coco`` itself, or the copy made safe for ``COCOeval`` when the data is built (see
+        ``evaluation_ground_truth``; ``eval_notes`` says what was changed, and the log said it too).
+        """
+        return self._eval_coco
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         idx = range(len(self))[idx]  # IndexError for a bad index; negative indices count from the end
@@ -229,12 +332,14 @@ class CocoDetection(_CocoBase):
             try:
                 image = self._load_image(idx)
                 break
-            except DataError:
+            except DataError as e:
                 if not self.skip_bad_images or attempt == len(self) - 1:
                     raise
                 if not self._warned_decode:
                     warnings.warn(
-                        f"{self.ann_file}: an image failed to decode; using the next one", stacklevel=2
+                        f"{self.ann_file}: image id {self.ids[idx]} failed to decode ({e}); using the next one "
+                        "(warned once; se-plugins check-data lists them all)",
+                        stacklevel=2,
                     )
                     self._warned_decode = True
                 idx = (idx + 1) % len(self)
@@ -255,6 +360,14 @@ class CocoDetection(_CocoBase):
             image, target = self.transforms(image, target)
         return image, target
 
+    def instance_counts(self) -> dict[str, int]:
+        """Training boxes per class name (crowd, background and dropped boxes not counted)."""
+        counts = np.bincount(
+            np.concatenate([self._targets[i]["labels"] for i in self.ids] or [np.zeros(0, np.int64)]),
+            minlength=self.num_classes,
+        )
+        return {name: int(counts[k + 1]) for k, name in enumerate(self.class_names)}
+
 
 class CocoSegmentation(_CocoBase):
     """Semantic segmentation masks from COCO instance annotations (polygons or RLE, via pycocotools).
@@ -270,7 +383,8 @@ class CocoSegmentation(_CocoBase):
         ann_file: COCO instances JSON with ``segmentation`` in each annotation.
         transforms: Callable ``(image, mask) -> (image, mask)``, e.g. ``segmentation_transforms(True)``.
         classes: Category names to use, in class order (categories not listed become background);
-            None = all categories in order of id.
+            None = all categories in order of id (a background category excluded, see ``_CocoBase``).
+        keep_background_category: Keep a category named like background as a class.
 
     Example:
         >>> ds = CocoSegmentation("shapes/coco/train", "shapes/coco/annotations/instances_train.json")
@@ -283,10 +397,11 @@ class CocoSegmentation(_CocoBase):
         ann_file: str | os.PathLike,
         transforms: Callable | None = None,
         classes: Sequence[str] | None = None,
+        keep_background_category: bool = False,
     ) -> None:
-        super().__init__(img_dir, ann_file)
+        super().__init__(img_dir, ann_file, keep_background_category)
         self.transforms = transforms
-        cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        cats = self.categories
         if classes is None:
             chosen = cats
         else:

@@ -3,7 +3,7 @@
 Expected layout (as in ``VOCdevkit/VOC2007`` or ``VOC2012``)::
 
     root/Annotations/<id>.xml
-    root/JPEGImages/<id>.jpg
+    root/JPEGImages/<id>.jpg                   or the XML's <filename>, or <id> with another image extension
     root/ImageSets/Main/<split>.txt            detection splits
     root/ImageSets/Segmentation/<split>.txt    segmentation splits
     root/SegmentationClass/<id>.png            palette PNGs, pixel = class index, 255 = ignore
@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from se_plugins.data._io import coco_from_dict, fit_box, load_rgb_image, read_image_size
+from se_plugins.data._messages import some_ids
 from se_plugins.errors import DataError
 
 VOC_CLASSES: list[str] = [
@@ -40,6 +41,41 @@ VOC_SEG_CLASSES: list[str] = ["background", *VOC_CLASSES]
 """The 21 VOC segmentation classes: mask value i is ``VOC_SEG_CLASSES[i]``; 255 is ignored."""
 
 IGNORE_INDEX = 255
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+"""Extensions tried (also in upper case) for ``JPEGImages/<id>`` when the XML names no existing file."""
+
+VOC_COORDINATES = ("1-based", "0-based")
+"""Box conventions of VOC XML files (see ``VOCDetection``)."""
+
+
+def find_image(folder: Path, image_id: str, filename: str | None = None) -> Path | None:
+    """The image of ``image_id`` in ``folder``: ``folder/<filename>`` if it exists, else ``<id><ext>``.
+
+    ``filename`` is the XML's ``<filename>`` (only its last path component is used: exports often hold the
+    path on the annotator's machine). Extensions are tried in the order of ``IMAGE_EXTENSIONS``, lower then
+    upper case. Returns None when nothing exists.
+    """
+    if filename:
+        named = folder / _basename(filename)
+        if named.is_file():
+            return named
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (folder / f"{image_id}{ext}", folder / f"{image_id}{ext.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _basename(filename: str) -> str:
+    """The last component of a path written on Linux or Windows."""
+    return Path(filename.replace("\\", "/")).name
+
+
+def _missing_image(folder: Path, image_id: str, filename: str | None, where: str) -> DataError:
+    named = f"{folder / _basename(filename)} (its <filename>) does not exist, and " if filename else ""
+    exts = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+    return DataError(f"{where}: image not found: {named}no {folder / image_id}.{{{exts}}} exists")
 
 
 def voc_palette(num_colors: int = 256) -> list[int]:
@@ -87,6 +123,12 @@ def parse_voc_xml(path: str | os.PathLike) -> tuple[int, int, list[VOCObject]]:
     Raises:
         DataError: the file is missing or malformed (the message names it).
     """
+    height, width, objects, _ = _parse_voc_xml(path)
+    return height, width, objects
+
+
+def _parse_voc_xml(path: str | os.PathLike) -> tuple[int, int, list[VOCObject], str | None]:
+    """``parse_voc_xml`` plus the XML's ``<filename>`` (None when absent or blank)."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
@@ -120,7 +162,8 @@ def parse_voc_xml(path: str | os.PathLike) -> tuple[int, int, list[VOCObject]]:
         difficult = bool(int(number(obj.find("difficult"), "difficult", 0)))
         truncated = bool(int(number(obj.find("truncated"), "truncated", 0)))
         objects.append(VOCObject(name, coords, difficult, truncated))  # type: ignore[arg-type]
-    return height, width, objects
+    filename = (root.findtext("filename") or "").strip() or None
+    return height, width, objects, filename
 
 
 def _resolve_classes(classes: Sequence[str] | str | None, default: list[str], found: Callable[[], list[str]]):
@@ -140,7 +183,12 @@ class VOCDetection(Dataset):
 
     Box convention: VOC XML coordinates are 1-based and inclusive (pixel columns ``xmin..xmax``), so a
     box becomes the 0-based, pixel-edge XYXY box ``(xmin - 1, ymin - 1, xmax, ymax)``; e.g. a one-pixel
-    object at the top-left corner, ``xmin = xmax = 1``, is ``(0, 0, 1, 1)``. Boxes are clipped to the image.
+    object at the top-left corner, ``xmin = xmax = 1``, is ``(0, 0, 1, 1)``. Many annotation tools write
+    0-based pixel-edge coordinates instead (often floats): ``coordinates="0-based"`` takes them as they are,
+    ``(xmin, ymin, xmax, ymax)``. Boxes are clipped to the image.
+
+    Images: ``JPEGImages/<filename>`` from the XML when that file exists, else ``JPEGImages/<id>`` with one of
+    ``IMAGE_EXTENSIONS`` (``.jpg``, ``.png``, ``.tif``...); neither raises DataError naming the XML.
 
     Each sample is ``(image, target)``: ``image`` a float32 ``tv_tensors.Image`` in [0, 1];
     ``target`` has ``boxes`` (``BoundingBoxes`` XYXY), ``labels`` (int64, 1..K), ``image_id``
@@ -155,6 +203,7 @@ class VOCDetection(Dataset):
         transforms: Callable ``(image, target) -> (image, target)``, e.g. ``detection_transforms(True)``.
         keep_difficult: Keep objects marked difficult in the targets (``coco_ground_truth`` always keeps
             them, marked ``iscrowd=1`` so COCO evaluation ignores them).
+        coordinates: ``"1-based"`` (the VOC devkit's convention, default) or ``"0-based"`` (see above).
 
     Example:
         >>> ds = VOCDetection("VOCdevkit/VOC2007", "trainval", transforms=detection_transforms(True))
@@ -168,16 +217,21 @@ class VOCDetection(Dataset):
         classes: Sequence[str] | str | None = None,
         transforms: Callable | None = None,
         keep_difficult: bool = True,
+        coordinates: str = "1-based",
     ) -> None:
+        if coordinates not in VOC_COORDINATES:
+            raise ValueError(f"coordinates must be one of {', '.join(VOC_COORDINATES)}, got {coordinates!r}")
         self.root = Path(root)
         self.split = split
         self.transforms = transforms
         self.keep_difficult = keep_difficult
+        self.coordinates = coordinates
+        offset = 1.0 if coordinates == "1-based" else 0.0
         self.ids: list[str] = read_split(self.root / "ImageSets" / "Main" / f"{split}.txt")
-        parsed = [parse_voc_xml(self._xml(i)) for i in self.ids]
+        parsed = [_parse_voc_xml(self._xml(i)) for i in self.ids]
 
         def found() -> list[str]:
-            return sorted({o.name for _, _, objects in parsed for o in objects})
+            return sorted({o.name for _, _, objects, _ in parsed for o in objects})
 
         self.class_names: list[str] = _resolve_classes(classes, VOC_CLASSES, found)
         if not self.class_names:
@@ -190,29 +244,32 @@ class VOCDetection(Dataset):
 
         self._sizes: list[tuple[int, int]] = []
         self._records: list[dict[str, np.ndarray]] = []
-        degenerate = 0
-        for image_id, (height, width, objects) in zip(self.ids, parsed, strict=True):
-            xml, img = self._xml(image_id), self._image(image_id)
-            if not img.is_file():
-                raise DataError(f"{img}: cannot read image (file not found; listed in split {split!r})")
+        self._images: list[Path] = []
+        degenerate: list[str] = []  # "<id>#<object index>"
+        for image_id, (height, width, objects, filename) in zip(self.ids, parsed, strict=True):
+            xml = self._xml(image_id)
+            img = find_image(self.root / "JPEGImages", image_id, filename)
+            if img is None:
+                raise _missing_image(self.root / "JPEGImages", image_id, filename, f"{xml} (split {split!r})")
+            self._images.append(img)
             if height <= 0 or width <= 0:
                 height, width = read_image_size(img)
             self._sizes.append((height, width))
             boxes, labels, difficult, truncated = [], [], [], []
-            for obj in objects:
+            for k, obj in enumerate(objects):
                 if obj.name not in name_to_label:
                     raise DataError(
                         f"{xml}: unknown class name {obj.name!r} (classes: {', '.join(self.class_names)})"
                     )
                 xmin, ymin, xmax, ymax = obj.bndbox
-                status, box = fit_box((xmin - 1, ymin - 1, xmax, ymax), height, width)
+                status, box = fit_box((xmin - offset, ymin - offset, xmax, ymax), height, width)
                 if status == "outside":
                     raise DataError(
                         f"{xml}: box {list(obj.bndbox)} of {obj.name!r} lies entirely outside the "
                         f"{width}x{height} image {img}"
                     )
                 if status == "degenerate":
-                    degenerate += 1
+                    degenerate.append(f"{image_id}#{k}")
                     continue
                 boxes.append(box)
                 labels.append(name_to_label[obj.name])
@@ -226,10 +283,11 @@ class VOCDetection(Dataset):
                     truncated=np.asarray(truncated, dtype=bool),
                 )
             )
+        self.dropped: dict[str, list[str]] = {"degenerate_boxes": degenerate}  # "<image id>#<object index>"
         if degenerate:
             warnings.warn(
-                f"{self.root / 'Annotations'} (split {split!r}): dropped {degenerate} degenerate boxes "
-                "(under 1 px wide or high after clipping)",
+                f"{self.root / 'Annotations'} (split {split!r}): dropped {len(degenerate)} degenerate boxes "
+                f"(under 1 px wide or high after clipping; <image id>#<object>: {some_ids(degenerate)})",
                 stacklevel=2,
             )
         self._coco: COCO | None = None
@@ -237,8 +295,9 @@ class VOCDetection(Dataset):
     def _xml(self, image_id: str) -> Path:
         return self.root / "Annotations" / f"{image_id}.xml"
 
-    def _image(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+    def image_path(self, idx: int) -> Path:
+        """Path of the image file of item ``idx``."""
+        return self._images[idx]
 
     @property
     def num_classes(self) -> int:
@@ -250,7 +309,7 @@ class VOCDetection(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
-        path = self._image(image_id)
+        path = self._images[idx]
         image = load_rgb_image(path)
         height, width = image.shape[-2:]
         if (height, width) != self._sizes[idx]:
@@ -282,6 +341,12 @@ class VOCDetection(Dataset):
         """Width / height of every image, for ``create_aspect_ratio_groups``."""
         return [w / h for h, w in self._sizes]
 
+    def instance_counts(self) -> dict[str, int]:
+        """Boxes per class name (difficult ones included, degenerate ones not)."""
+        labels = np.concatenate([r["labels"] for r in self._records] or [np.zeros(0, np.int64)])
+        counts = np.bincount(labels, minlength=self.num_classes)
+        return {name: int(counts[k + 1]) for k, name in enumerate(self.class_names)}
+
     def coco_ground_truth(self) -> COCO:
         """The split as an in-memory pycocotools ``COCO`` object, for COCO-style mAP on VOC data.
 
@@ -291,10 +356,10 @@ class VOCDetection(Dataset):
         """
         if self._coco is None:
             images, annotations = [], []
-            for idx, (image_id, (height, width), rec) in enumerate(
-                zip(self.ids, self._sizes, self._records, strict=True)
+            for idx, (path, (height, width), rec) in enumerate(
+                zip(self._images, self._sizes, self._records, strict=True)
             ):
-                images.append(dict(id=idx + 1, file_name=f"{image_id}.jpg", height=height, width=width))
+                images.append(dict(id=idx + 1, file_name=path.name, height=height, width=width))
                 for box, label, difficult in zip(rec["boxes"], rec["labels"], rec["difficult"], strict=True):
                     x1, y1, x2, y2 = (float(v) for v in box)
                     annotations.append(
@@ -350,13 +415,19 @@ class VOCSegmentation(Dataset):
         self.transforms = transforms
         self.class_names: list[str] = _resolve_classes(classes, VOC_SEG_CLASSES, lambda: [])
         self.ids: list[str] = read_split(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
+        self._images: list[Path] = []
         for image_id in self.ids:
-            for path in (self._image(image_id), self._mask(image_id)):
-                if not path.is_file():
-                    raise DataError(f"{path}: file not found (listed in split {split!r})")
+            image = find_image(self.root / "JPEGImages", image_id)
+            if image is None:
+                where = f"{self.root / 'ImageSets' / 'Segmentation' / f'{split}.txt'} lists {image_id!r}"
+                raise _missing_image(self.root / "JPEGImages", image_id, None, where)
+            self._images.append(image)
+            if not self._mask(image_id).is_file():
+                raise DataError(f"{self._mask(image_id)}: file not found (listed in split {split!r})")
 
-    def _image(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+    def image_path(self, idx: int) -> Path:
+        """Path of the image file of item ``idx`` (``JPEGImages/<id>`` with one of ``IMAGE_EXTENSIONS``)."""
+        return self._images[idx]
 
     def _mask(self, image_id: str) -> Path:
         return self.root / "SegmentationClass" / f"{image_id}.png"
@@ -371,12 +442,12 @@ class VOCSegmentation(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
-        image = load_rgb_image(self._image(image_id))
+        image = load_rgb_image(self._images[idx])
         mask = load_class_mask(self._mask(image_id), self.num_classes)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(
                 f"{self._mask(image_id)}: mask is {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{self._image(image_id)} is {image.shape[-1]}x{image.shape[-2]}"
+                f"{self._images[idx]} is {image.shape[-1]}x{image.shape[-2]}"
             )
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)

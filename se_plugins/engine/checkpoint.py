@@ -124,6 +124,46 @@ def load_model_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping
     return state
 
 
+# ------------------------------------------------------------------------------------------- config changes
+
+RESUME_FREE_KEYS: tuple[str, ...] = (
+    "output_dir",
+    "device",
+    "train.epochs",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.num_vis",
+    "train.tensorboard",
+    "data.num_workers",
+    "data.persistent_workers",
+    "eval.batch_size",
+    "eval.score_threshold",
+)
+"""Config keys (and sections) a resumed run may change freely: where and how often things are written, more
+epochs, loader workers. Any other change needs ``--resume-override``."""
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``[(dotted key, old value, new value), ...]`` of two nested config dicts (lists compare whole).
+
+    A key only one side has appears with ``None`` on the other side.
+    """
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def needs_override(key: str) -> bool:
+    """Whether changing ``key`` on resume changes what the run computes (see ``RESUME_FREE_KEYS``)."""
+    return not any(key == free or key.startswith(f"{free}.") for free in RESUME_FREE_KEYS)
+
+
 # ----------------------------------------------------------------------------------------------- RNG state
 
 

@@ -78,7 +78,9 @@ class DataConfig:
     val_annotations: str | None = None  # COCO: validation instances JSON
     train_split: str = "train"  # VOC: ImageSets list used for training (e.g. trainval)
     val_split: str = "val"  # VOC: ImageSets list used for validation (e.g. test)
-    classes: list[str] | None = None  # class names in label order; null = from the annotations / VOC defaults
+    classes: Any = None  # class names in label order (a list); "auto" (VOC: names found in the XML) or null = defaults
+    voc_coordinates: str = "1-based"  # VOC XML boxes: "1-based" (the VOC devkit) | "0-based" (many export tools)
+    keep_background_category: bool = False  # COCO: keep a category named like "_background_" as a class
     image_size: int | None = None  # segmentation: resize images to this square side; null = keep size
     crop_size: int | None = None  # segmentation: random crop side for training; null = no crop
     hflip_prob: float = 0.5  # probability of a horizontal flip during training
@@ -158,6 +160,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.se.position": ("standard", "pre", "post", "identity"),
     "model.se.init": ("identity", "random"),
     "data.format": ("coco", "voc", "shapes"),
+    "data.voc_coordinates": ("1-based", "0-based"),
     "train.optimizer": ("sgd", "adamw"),
     "train.scheduler": ("multistep", "cosine"),
     "train.amp_dtype": ("float16", "bfloat16"),
@@ -268,8 +271,23 @@ def validate_config(cfg: DictConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: train.milestones: epochs must be >= 1, got {list(cfg.train.milestones)}")
     if not cfg.task or not re.fullmatch(r"[\w.]+(:\w+)?", cfg.task):
         raise ConfigError(f"{source}: task: {cfg.task!r} is not a task name or 'package.module:Class'")
+    classes = cfg.data.classes
+    if not (
+        classes is None
+        or classes == "auto"
+        or (isinstance(classes, ListConfig) and len(classes) and all(isinstance(c, str) for c in classes))
+    ):
+        raise ConfigError(
+            f"{source}: data.classes: expected null, 'auto' or a non-empty list of names, got {classes!r}"
+        )
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"{source}: device: {cfg.device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def config_classes(data_cfg: DictConfig) -> list[str] | str | None:
+    """``data.classes`` as the readers take it: a list of names, ``"auto"`` or None."""
+    classes = data_cfg.classes
+    return list(classes) if isinstance(classes, ListConfig) else classes
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:

@@ -8,6 +8,9 @@
 - ``{"type": "epoch", "epoch", "step", "lr", "loss", <other losses>, "time"}`` once per epoch (epoch means);
 - ``{"type": "eval", "epoch", "step", <metrics>}`` after each evaluation;
 - ``{"type": "nonfinite", "epoch", "iter", "step", <losses>}`` when training stops on a NaN/inf loss.
+
+``metrics.jsonl`` and the metrics files of ``se-plugins eval --out`` / ``eval-results --out`` are strict JSON
+(RFC 8259, ``json.dumps(..., allow_nan=False)``): a NaN or infinite value is written as ``null`` (``strict_json``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class MetricsLogger:
             [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step] if resume_step is not None else []
         )
         with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.writelines(strict_json(r, indent=None) + "\n" for r in kept)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -70,7 +73,7 @@ class MetricsLogger:
             return
         clean = {k: _plain(v) for k, v in record.items()}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
         if self._tb is not None:
             kind, step = clean.get("type", "log"), int(clean.get("step", 0))
             for key, value in clean.items():
@@ -159,10 +162,23 @@ def format_metrics(metrics: Mapping[str, Any], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def strict_json(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text: NaN/inf become ``null``, tensors and NumPy numbers plain numbers."""
+    return json.dumps(_plain_tree(obj), indent=indent, allow_nan=False)
+
+
+def _plain_tree(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain_tree(v) for v in obj]
+    return _plain(obj)
+
+
 def _plain(value: Any) -> Any:
-    """A JSON-friendly scalar: tensors/NumPy numbers to Python numbers, NaN/inf kept as strings."""
+    """A JSON-friendly scalar: tensors/NumPy numbers to Python numbers, NaN/inf to None (JSON ``null``)."""
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None
     return value

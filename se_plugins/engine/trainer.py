@@ -31,16 +31,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from se_plugins.atomic import remove_stale_temp_files
 from se_plugins.engine.checkpoint import (
     CHECKPOINT_VERSION,
     capture_rng_state,
+    config_differences,
     load_model_weights,
+    needs_override,
     restore_rng_state,
     save_checkpoint,
 )
@@ -166,20 +170,27 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ public
 
-    def fit(self, resume: str | os.PathLike | None = None) -> dict[str, float]:
+    def fit(self, resume: str | os.PathLike | None = None, resume_override: bool = False) -> dict[str, float]:
         """Train ``train.epochs`` epochs (continuing from ``resume``, a ``last.pth``); return final metrics.
 
         Resuming restores model, optimizer, scheduler, scaler, epoch/step counters, the best metric and every
         rank's RNG states, and replays the data order (a function of seed and epoch), so the result equals an
         uninterrupted run (bit-exact on CPU with ``data.num_workers=0`` or ``persistent_workers=false``).
 
+        The config is compared with the one saved in the checkpoint and the differences are logged. Keys of
+        ``RESUME_FREE_KEYS`` (more ``train.epochs``, output/logging/loader settings) may change; any other change
+        (``train.lr``, the schedule, the data, the model...) is refused unless ``resume_override``, which applies
+        the new values (learning rate, schedule, weight decay, momentum) from the resumed step on.
+
         Raises:
             NonFiniteLossError: a loss became NaN/inf (``last.pth`` from the last finished epoch is kept).
-            CheckpointError: ``resume`` is missing, corrupt or does not fit the model.
+            CheckpointError: ``resume`` is missing, corrupt or does not fit the model, ``train.optimizer`` changed,
+                or other keys changed without ``resume_override``.
         """
         cfg, tcfg = self.cfg, self.cfg.train
         seed_everything(cfg.seed + self.dist.rank)
         train_set, val_set = self.task.build_datasets()
+        self._check_data(train_set, val_set)
         model = self._build_model()
         train_loader = self.task.build_train_loader(train_set, self.dist.enabled)
         val_loader = self.task.build_val_loader(val_set, self.dist.enabled)
@@ -193,10 +204,16 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         state, rng_states = TrainState(), None
         if resume is not None:
-            state, rng_states = self._load_resume(resume, model, optimizer, scheduler, scaler)
+            state, rng_states = self._load_resume(resume, model, optimizer, scheduler, scaler, resume_override)
         ddp_model = self._wrap_ddp(model)
 
         if self.dist.is_main:
+            stale = remove_stale_temp_files(self.output_dir)
+            if stale:
+                logger.info(
+                    f"removed {len(stale)} temporary files of interrupted writes from {self.output_dir}: "
+                    + ", ".join(p.name for p in stale)
+                )
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "config.yaml")
         mlog = MetricsLogger(
@@ -370,6 +387,24 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ set-up
 
+    def _check_data(self, train_set: Any, val_set: Any) -> None:
+        """``check-data``'s fast part (no image decoded): every image file exists; log a one-line summary.
+
+        Raises:
+            DataError: the first problem found (the count of all of them follows it).
+        """
+        from se_plugins.data.check import check_datasets, first_error, summary_line
+
+        reports = check_datasets({"train": train_set, "val": val_set}, decode=False)
+        problem = first_error(reports)
+        if problem is not None:
+            raise DataError(f"{problem}; run se-plugins check-data CONFIG for a full report")
+        if self.dist.is_main and any(r.kind != "unknown" for r in reports.values()):
+            logger.info(summary_line(reports))
+            for report in reports.values():
+                for note in report.notes:
+                    logger.info(f"data ({report.split}): {note}")
+
     def _build_model(self) -> nn.Module:
         model = self.task.build_model()
         if self.dist.enabled and self.cfg.train.sync_bn:
@@ -438,11 +473,14 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         scaler: torch.amp.GradScaler,
+        override: bool = False,
     ) -> tuple[TrainState, list[dict[str, Any]]]:
         ckpt = load_model_weights(model, path)
         missing = [k for k in ("optimizer", "scheduler", "epoch", "step") if k not in ckpt]
         if missing:
             raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)}); resume from last.pth")
+        changed = self._check_resume_config(path, ckpt, optimizer, override)
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -450,6 +488,14 @@ class Trainer:
                 scaler.load_state_dict(ckpt["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{path}: optimizer/scheduler state does not fit: {e}") from None
+        if changed:  # --resume-override: the new lr / schedule / weight decay / momentum from this step on
+            for group, new in zip(optimizer.param_groups, fresh, strict=True):
+                group.update(new)
+            scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+            factors = [fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors, strict=True):
+                group["lr"] = base * factor
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         state = TrainState(
             epoch=int(ckpt["epoch"]),
             step=int(ckpt["step"]),
@@ -459,6 +505,53 @@ class Trainer:
         )
         logger.info(f"resuming from {path}: epoch {state.epoch} done, step {state.step}")
         return state, list(ckpt.get("rng") or [])
+
+    def _check_resume_config(
+        self, path: str | os.PathLike, ckpt: dict[str, Any], optimizer: torch.optim.Optimizer, override: bool
+    ) -> list[tuple[str, Any, Any]]:
+        """Compare the checkpoint's config with this one; return the changes that ``override`` lets through.
+
+        Raises:
+            CheckpointError: ``train.optimizer`` changed, the optimizer state has other hyper-parameters than
+                this optimizer, or keys outside ``RESUME_FREE_KEYS`` changed and ``override`` is False.
+        """
+        saved = ckpt.get("config")
+        diffs: list[tuple[str, Any, Any]] = []
+        if isinstance(saved, str):
+            try:
+                old = yaml.safe_load(saved)
+            except yaml.YAMLError:
+                old = None
+            if isinstance(old, dict):
+                diffs = config_differences(old, yaml.safe_load(config_to_yaml(self.cfg)))
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs)
+        if diffs:
+            logger.info(f"config differs from the checkpoint's ({path}): {shown}")
+        for key, a, b in diffs:
+            if key == "train.optimizer":
+                raise CheckpointError(
+                    f"{path}: train.optimizer changed ({a} -> {b}): the checkpoint holds {a} state, which {b} cannot "
+                    f"continue; resume with train.optimizer={a}, or start a new run"
+                )
+        groups = ckpt["optimizer"].get("param_groups") if isinstance(ckpt["optimizer"], dict) else None
+        if groups and optimizer.param_groups:
+            theirs = set(groups[0]) - {"params"}
+            ours = set(optimizer.param_groups[0]) - {"params", "initial_lr"}
+            if not ours <= theirs:
+                raise CheckpointError(
+                    f"{path}: the optimizer state is not for {type(optimizer).__name__} (it lacks "
+                    f"{', '.join(sorted(ours - theirs))}); resume with the optimizer it was trained with"
+                )
+        strict = [(k, a, b) for k, a, b in diffs if needs_override(k)]
+        if strict and not override:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in strict)
+            raise CheckpointError(
+                f"{path}: the config differs from the checkpoint's ({listed}), so the resumed run would not "
+                "continue the same training; undo the change, or pass --resume-override to apply it"
+            )
+        if strict:
+            logger.warning(f"--resume-override: applying {len(strict)} changed keys from step {ckpt['step']} on")
+        return strict
 
     def _restore_rng(self, rng_states: list[dict[str, Any]], epoch: int) -> None:
         if len(rng_states) == self.dist.world_size:

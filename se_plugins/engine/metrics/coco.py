@@ -293,9 +293,14 @@ class CocoEvaluator:
         """
         self._update(results, image_ids, source="results")
 
-    def _update(self, results: Iterable[Any], image_ids: Iterable[Any] | None, source: str) -> None:
+    def _update(
+        self, results: Iterable[Any], image_ids: Iterable[Any] | None, source: str, skip: Iterable[int] = ()
+    ) -> None:
         grouped: dict[int, list[dict[str, Any]]] = {}
+        skip = set(skip)
         for i, r in enumerate(results):
+            if i in skip:
+                continue
             norm = _normalize_result(r, i, self.iou_type, self._img_ids, self._cat_ids, source, self._gt_name)
             grouped.setdefault(norm["image_id"], []).append(norm)
         for raw in image_ids if image_ids is not None else ():
@@ -435,6 +440,8 @@ def _check_gt(data: Any, path: str | os.PathLike, iou_type: str) -> None:
             raise DataError(f"{path}: '{key}' is missing or not a list")
     if not data["images"]:
         raise DataError(f"{path}: 'images' is empty")
+    if not data["annotations"]:
+        raise DataError(f"{path}: 'annotations' is empty: there is no ground truth to evaluate against")
     ids: dict[str, set[int]] = {}
     for key in ("images", "categories"):
         ids[key] = set()
@@ -471,6 +478,31 @@ def _check_gt(data: Any, path: str | os.PathLike, iou_type: str) -> None:
             raise DataError(f"{path}: annotations[{i}] has bbox {bbox!r}; expected four numbers [x, y, w, h]")
         if not _is_number(ann["area"]):
             raise DataError(f"{path}: annotations[{i}] has a non-numeric area {ann['area']!r}")
+    if iou_type == "bbox":
+        flat = [i for i, ann in enumerate(data["annotations"]) if _flat_box(ann["bbox"])]
+        if flat:
+            warnings.warn(
+                f"{path}: dropped {len(flat)} ground-truth boxes with zero or negative width or height "
+                f"(annotations[i] for i = {_some(flat)})",
+                stacklevel=3,
+            )
+            dropped = set(flat)
+            data["annotations"] = [a for i, a in enumerate(data["annotations"]) if i not in dropped]
+
+
+def _flat_box(bbox: Any) -> bool:
+    """An ``[x, y, w, h]`` of four numbers with ``w <= 0`` or ``h <= 0``."""
+    return (
+        isinstance(bbox, list | tuple)
+        and len(bbox) == 4
+        and all(_is_number(v) for v in bbox)
+        and (bbox[2] <= 0 or bbox[3] <= 0)
+    )
+
+
+def _some(indices: Sequence[int], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    return shown if len(indices) <= limit else f"{shown}, ..."
 
 
 def evaluate_coco_files(
@@ -492,8 +524,12 @@ def evaluate_coco_files(
     Returns:
         The 12 stats named by ``COCO_STAT_NAMES``.
 
+    Boxes of zero or negative width or height (``bbox`` evaluation), in the ground truth or in the results,
+    are dropped with a warning naming the file, the count and the first indices: they can never be matched,
+    so they would only lower the numbers.
+
     Raises:
-        DataError: A file is missing or malformed, the results are not a non-empty list, or a result
+        DataError: A file is missing or malformed, the annotations or the results are empty, or a result
             references an image or category id that is not in the annotations (the message names the file
             and the id).
     """
@@ -508,8 +544,17 @@ def evaluate_coco_files(
         )
     if not dt_data:
         raise DataError(f"{results}: results file has no detections (empty list)")
+    flat = []
+    if iou_type == "bbox":
+        flat = [i for i, r in enumerate(dt_data) if isinstance(r, Mapping) and _flat_box(r.get("bbox"))]
+    if flat:
+        warnings.warn(
+            f"{results}: dropped {len(flat)} of {len(dt_data)} results with zero or negative box width or "
+            f"height (results[i] for i = {_some(flat)})",
+            stacklevel=2,
+        )
     coco_cls, _ = coco_backend(backend)
     evaluator = CocoEvaluator(_coco_from_dataset(gt_data, coco_cls), iou_type=iou_type, backend=backend)
     evaluator._gt_name = str(annotations)
-    evaluator._update(dt_data, evaluator.coco_gt.getImgIds(), source=str(results))
+    evaluator._update(dt_data, evaluator.coco_gt.getImgIds(), source=str(results), skip=flat)
     return evaluator.summarize()

@@ -49,6 +49,7 @@ from se_plugins.data import (
 )
 from se_plugins.data.shapes import ShapesPaths
 from se_plugins.detection import DETECTION_MODELS
+from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
 from se_plugins.engine.tasks.base import Task
@@ -81,7 +82,8 @@ class DetectionTask(Task):
         if cfg.eval.metric not in MAIN_METRICS:
             raise ConfigError(f"eval.metric: {cfg.eval.metric!r} is not a detection metric ({', '.join(MAIN_METRICS)})")
         self.main_metric = MAIN_METRICS[cfg.eval.metric]
-        self.class_names: list[str] | None = list(cfg.data.classes) if cfg.data.classes else None
+        classes = config_classes(cfg.data)
+        self.class_names: list[str] | None = classes if isinstance(classes, list) else None
 
     # ------------------------------------------------------------------------------------------------ data
 
@@ -96,13 +98,17 @@ class DetectionTask(Task):
     def _dataset(self, train: bool) -> Dataset:
         data = self.cfg.data
         transforms = detection_transforms(train, min_size=None, hflip_prob=data.hflip_prob if train else 0.0)
+        classes = config_classes(data)
         if data.format == "voc":
             root = self._required_path("root")
+            if classes == "auto" and not train:  # the training split's names, so that labels mean the same
+                classes = self.class_names or VOCDetection(root, data.train_split, "auto").class_names
             dataset: Any = VOCDetection(
                 root,
                 data.train_split if train else data.val_split,
-                classes=list(data.classes) if data.classes else None,
+                classes=classes,
                 transforms=transforms,
+                coordinates=data.voc_coordinates,
             )
         else:
             if data.format == "shapes":
@@ -116,10 +122,11 @@ class DetectionTask(Task):
                 transforms=transforms,
                 keep_empty=data.keep_empty if train else True,  # evaluation always covers every image
                 skip_bad_images=data.skip_bad_images,
+                keep_background_category=data.keep_background_category,
             )
-            if data.classes and list(data.classes) != dataset.class_names:
+            if isinstance(classes, list) and classes != dataset.class_names:
                 raise ConfigError(
-                    f"data.classes: {list(data.classes)} differs from the categories of {annotations} "
+                    f"data.classes: {classes} differs from the categories of {annotations} "
                     f"({dataset.class_names}); remove data.classes or fix it"
                 )
         if not train and len(dataset) == 0:

@@ -41,6 +41,7 @@ from torchvision.models import ResNet
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.tasks.base import Task
 from se_plugins.errors import ConfigError, DataError, SEPluginsError
@@ -119,7 +120,14 @@ class SegmentationTask(Task):
                 f"{self.cfg.loss.ignore_index}"
             )
         transforms = self.train_transforms() if train else self.eval_transforms()
-        classes = list(dcfg.classes) if dcfg.classes is not None else None
+        classes = config_classes(dcfg)
+        if classes == "auto":
+            if dcfg.format == "voc":
+                raise ConfigError(
+                    "data.classes: 'auto' cannot be read from VOC mask PNGs (they hold indices, not names); "
+                    "list the names, background first, or use null for the 21 VOC classes"
+                )
+            classes = None
         if dcfg.format == "coco":
             from se_plugins.data import CocoSegmentation
 
@@ -130,7 +138,13 @@ class SegmentationTask(Task):
             ann_file = self._under_root(annotations, f"data.{which}_annotations")
             if classes and classes[0] == "background":
                 classes = classes[1:]
-            dataset = CocoSegmentation(img_dir, ann_file, transforms=transforms, classes=classes or None)
+            dataset = CocoSegmentation(
+                img_dir,
+                ann_file,
+                transforms=transforms,
+                classes=classes or None,
+                keep_background_category=dcfg.keep_background_category,
+            )
         else:
             from se_plugins.data import SHAPE_CLASSES, VOCSegmentation
 
