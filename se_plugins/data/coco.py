@@ -76,8 +76,11 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
 class _CocoBase(Dataset):
     """Shared part of the COCO readers: the file, the category mapping, image paths and sizes."""
 
-    def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike) -> None:
+    def __init__(
+        self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, image_reader: Callable | None = None
+    ) -> None:
         self.img_dir = Path(img_dir)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.ann_file = Path(ann_file)
         self.coco: COCO = load_coco(self.ann_file)
         self.ids: list[int] = sorted(self.coco.imgs)
@@ -100,7 +103,7 @@ class _CocoBase(Dataset):
 
     def _load_image(self, idx: int) -> tv_tensors.Image:
         path = self.image_path(self.ids[idx])
-        image = load_rgb_image(path)
+        image = self.image_reader(path)
         height, width = self.get_height_and_width(idx)
         if tuple(image.shape[-2:]) != (height, width):
             raise DataError(
@@ -132,6 +135,8 @@ class CocoDetection(_CocoBase):
             when the data set is built; a file that fails to decode later is replaced by the next image),
             and boxes lying entirely outside their image, with one warning that counts them. False
             raises DataError instead.
+        image_reader: ``path -> tv_tensors.Image`` (e.g. ``se_plugins.data.decode.ImageReader(channels=4)``);
+            None = ``load_rgb_image`` (3 channels, 8-bit /255, 16-bit /65535, alpha blended over black).
 
     Example:
         >>> ds = CocoDetection("coco/train2017", "coco/annotations/instances_train2017.json",
@@ -146,8 +151,10 @@ class CocoDetection(_CocoBase):
         transforms: Callable | None = None,
         keep_empty: bool = True,
         skip_bad_images: bool = False,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
-        super().__init__(img_dir, ann_file)
+        super().__init__(img_dir, ann_file, image_reader)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
         cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
@@ -271,6 +278,7 @@ class CocoSegmentation(_CocoBase):
         transforms: Callable ``(image, mask) -> (image, mask)``, e.g. ``segmentation_transforms(True)``.
         classes: Category names to use, in class order (categories not listed become background);
             None = all categories in order of id.
+        image_reader: ``path -> tv_tensors.Image`` (see ``CocoDetection``); None = ``load_rgb_image``.
 
     Example:
         >>> ds = CocoSegmentation("shapes/coco/train", "shapes/coco/annotations/instances_train.json")
@@ -283,8 +291,10 @@ class CocoSegmentation(_CocoBase):
         ann_file: str | os.PathLike,
         transforms: Callable | None = None,
         classes: Sequence[str] | None = None,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
-        super().__init__(img_dir, ann_file)
+        super().__init__(img_dir, ann_file, image_reader)
         self.transforms = transforms
         cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
         if classes is None:

@@ -155,6 +155,8 @@ class VOCDetection(Dataset):
         transforms: Callable ``(image, target) -> (image, target)``, e.g. ``detection_transforms(True)``.
         keep_difficult: Keep objects marked difficult in the targets (``coco_ground_truth`` always keeps
             them, marked ``iscrowd=1`` so COCO evaluation ignores them).
+        image_reader: ``path -> tv_tensors.Image`` (e.g. ``se_plugins.data.decode.ImageReader(channels=4)``);
+            None = ``load_rgb_image``.
 
     Example:
         >>> ds = VOCDetection("VOCdevkit/VOC2007", "trainval", transforms=detection_transforms(True))
@@ -168,8 +170,11 @@ class VOCDetection(Dataset):
         classes: Sequence[str] | str | None = None,
         transforms: Callable | None = None,
         keep_difficult: bool = True,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
         self.root = Path(root)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.split = split
         self.transforms = transforms
         self.keep_difficult = keep_difficult
@@ -251,7 +256,7 @@ class VOCDetection(Dataset):
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
         path = self._image(image_id)
-        image = load_rgb_image(path)
+        image = self.image_reader(path)
         height, width = image.shape[-2:]
         if (height, width) != self._sizes[idx]:
             raise DataError(
@@ -332,6 +337,7 @@ class VOCSegmentation(Dataset):
         split: Name of ``ImageSets/Segmentation/<split>.txt``.
         classes: Class names indexed by mask value, background first; None = ``VOC_SEG_CLASSES`` (21).
         transforms: Callable ``(image, mask) -> (image, mask)``, e.g. ``segmentation_transforms(True)``.
+        image_reader: ``path -> tv_tensors.Image`` (see ``VOCDetection``); None = ``load_rgb_image``.
 
     Example:
         >>> ds = VOCSegmentation("VOCdevkit/VOC2012", "train", transforms=segmentation_transforms(True))
@@ -344,8 +350,11 @@ class VOCSegmentation(Dataset):
         split: str = "train",
         classes: Sequence[str] | None = None,
         transforms: Callable | None = None,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
         self.root = Path(root)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.split = split
         self.transforms = transforms
         self.class_names: list[str] = _resolve_classes(classes, VOC_SEG_CLASSES, lambda: [])
@@ -371,7 +380,7 @@ class VOCSegmentation(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
-        image = load_rgb_image(self._image(image_id))
+        image = self.image_reader(self._image(image_id))
         mask = load_class_mask(self._mask(image_id), self.num_classes)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(
