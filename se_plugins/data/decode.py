@@ -287,4 +287,3 @@ def _match_channels(pixels: np.ndarray, channels: int, path: str | os.PathLike) 
         f"{path}: image has {have} channels but data.channels is {channels}"
         + (" (data.alpha keep adds the alpha channel)" if have + 1 == channels else "")
     )
-
