@@ -255,3 +255,25 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     bad.write_bytes(b"II*\x00garbage")
     with pytest.raises(DataError, match=r"bad\.tif: cannot read TIFF"):
         ImageReader()(bad)
+
+
+def test_16bit_rgb_png_is_an_error_not_a_silent_8bit_image(tmp_path):
+    """PIL decodes 16-bit RGB PNGs to 8 bits; the reader refuses them instead of losing the precision."""
+    import struct
+    import zlib
+
+    rgb = np.random.default_rng(4).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 5, 4, 16, 2, 0, 0, 0)  # width, height, 16 bits, colour type 2 (RGB)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+    with Image.open(path) as im:
+        assert im.mode == "RGB"  # what PIL makes of it
+    with pytest.raises(DataError, match=r"rgb16\.png: a 16-bit RGB image, of which PIL decodes only 8 bits"):
+        ImageReader()(path)

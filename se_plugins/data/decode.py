@@ -171,6 +171,12 @@ def _decode_pil(path: str | os.PathLike) -> DecodedImage:
 
 def _from_pil(im: Image.Image) -> DecodedImage:
     mode = im.mode
+    rawmodes = [str(t.args if hasattr(t, "args") else t[3]) for t in (getattr(im, "tile", None) or [])]
+    if mode in ("RGB", "RGBA") and any(";16" in r for r in rawmodes):
+        raise DataError(
+            f"{im.filename}: a 16-bit {mode} image, of which PIL decodes only 8 bits; save it as a 16-bit TIFF "
+            "(e.g. tifffile.imwrite) to keep its precision"
+        )
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode == "PA":

@@ -101,6 +101,8 @@ def normalize_intensity(
     """
     if rule.mode == "auto":
         out = _auto(raw, path, bits)
+        if raw.dtype.kind in "uib":
+            return out  # integers scaled by their type's range: always inside [0, 1], nothing to check
     elif rule.mode == "range":
         lo, hi = rule.value_range  # type: ignore[misc]
         out = ((_finite_float64(raw, path) - lo) / (hi - lo)).astype(np.float32)
