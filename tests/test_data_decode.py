@@ -277,3 +277,20 @@ def test_16bit_rgb_png_is_an_error_not_a_silent_8bit_image(tmp_path):
         assert im.mode == "RGB"  # what PIL makes of it
     with pytest.raises(DataError, match=r"rgb16\.png: a 16-bit RGB image, of which PIL decodes only 8 bits"):
         ImageReader()(path)
+
+
+def test_percentiles_ignore_fully_transparent_pixels(tmp_path):
+    """A 16-bit RGBA TIFF whose transparent half stores 65535: the percentiles come from the visible half only."""
+    rgb = np.zeros((8, 8, 3), np.uint16)
+    rgb[:, :4] = np.arange(32, dtype=np.uint16).reshape(8, 4, 1) * 100  # visible: 0..3100
+    rgb[:, 4:] = 65535  # whatever the writer left under alpha 0
+    alpha = np.zeros((8, 8, 1), np.uint16)
+    alpha[:, :4] = 65535
+    path = tmp_path / "tile.tif"
+    tifffile.imwrite(path, np.concatenate([rgb, alpha], axis=-1), photometric="rgb", extrasamples=["unassalpha"])
+    rule = IntensityRule("percentile", percentiles=(0.0, 100.0))
+    image = no_warnings(ImageReader(3, alpha="drop", intensity=rule), path)
+    visible = rgb[:, :4, 0].astype(np.float64)
+    assert np.array_equal(image[0, :, :4].numpy(), (visible / visible.max()).astype(np.float32))
+    assert (image[:, :, 4:] == 1).all()  # saturated, and blended away under the default policy:
+    assert (ImageReader(3, intensity=rule)(path)[:, :, 4:] == 0).all()

@@ -7,7 +7,8 @@
    float ``F``, palette, gray + alpha, ...). An LZW/PackBits TIFF needs the ``imagecodecs`` package for
    ``tifffile``; without it a single-page TIFF that PIL reads losslessly is read with PIL, anything else raises
    one line saying to install ``imagecodecs``;
-2. normalise the intensities by ``data.intensity`` (:mod:`se_plugins.data.intensity`);
+2. normalise the intensities by ``data.intensity`` (:mod:`se_plugins.data.intensity`; ``percentile`` statistics
+   come from the pixels that are not fully transparent);
 3. apply ``data.alpha`` to an alpha channel (PNG/TIFF alpha, palette transparency): ``blend_black`` (default),
    ``blend_white``, ``drop`` (the stored colours, whatever lies under transparent pixels) or ``keep`` (alpha as
    the last channel; an image without alpha gets an opaque one);
@@ -103,7 +104,8 @@ class ImageReader:
 
     def __call__(self, path: str | os.PathLike) -> tv_tensors.Image:
         decoded = decode_image(path)
-        pixels = normalize_intensity(decoded.pixels, self.intensity, path, bits=decoded.bits)
+        opaque = None if decoded.alpha is None else decoded.alpha > 0
+        pixels = normalize_intensity(decoded.pixels, self.intensity, path, bits=decoded.bits, valid=opaque)
         pixels = self._apply_alpha(pixels, decoded, path)
         pixels = _match_channels(pixels, self.channels, path)
         return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(pixels)))

@@ -82,7 +82,12 @@ class IntensityRule:
 
 
 def normalize_intensity(
-    raw: np.ndarray, rule: IntensityRule, path: str | os.PathLike, *, bits: int | None = None
+    raw: np.ndarray,
+    rule: IntensityRule,
+    path: str | os.PathLike,
+    *,
+    bits: int | None = None,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map a raw ``[C, H, W]`` array to float32 in [0, 1] by ``rule``.
 
@@ -92,6 +97,8 @@ def normalize_intensity(
         path: The file the values come from (named in warnings and errors).
         bits: Significant bits when the container type is wider than the data (PIL mode ``I`` from a 16-bit
             file: 16); ``None`` = the dtype's own width.
+        valid: ``[H, W]`` pixels the ``percentile`` statistics come from (e.g. alpha > 0: what lies under fully
+            transparent pixels is arbitrary); None or all False = every pixel.
 
     Returns:
         float32 array of the same shape, every value in [0, 1].
@@ -107,7 +114,7 @@ def normalize_intensity(
         lo, hi = rule.value_range  # type: ignore[misc]
         out = ((_finite_float64(raw, path) - lo) / (hi - lo)).astype(np.float32)
     else:
-        out = _percentile(_finite_float64(raw, path), rule.percentiles)
+        out = _percentile(_finite_float64(raw, path), rule.percentiles, valid)
     return _clip_counted(out, path, rule)
 
 
@@ -170,13 +177,15 @@ def _finite_float64(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return out
 
 
-def _percentile(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+def _percentile(values: np.ndarray, percentiles: tuple[float, float], valid: np.ndarray | None) -> np.ndarray:
     out = np.zeros(values.shape, dtype=np.float32)
+    use = valid if valid is not None and valid.any() else None
     for c in range(values.shape[0]):
         channel = values[c]
-        if np.isnan(channel).all():
+        sample = channel if use is None else channel[use]
+        if np.isnan(sample).all():
             continue
-        lo, hi = np.nanpercentile(channel, list(percentiles))
+        lo, hi = np.nanpercentile(sample, list(percentiles))
         if hi > lo:
             out[c] = np.clip((channel - lo) / (hi - lo), 0.0, 1.0)  # saturation is the rule, not an error
     return np.nan_to_num(out, nan=0.0)
