@@ -28,7 +28,7 @@ from se_plugins.engine.tasks.detection import DetectionTask
 from se_plugins.engine.tasks.segmentation import SegmentationTask
 from se_plugins.engine.trainer import Trainer, warmup_warning
 from se_plugins.engine.visualize import render_image, to_uint8
-from se_plugins.errors import ConfigError
+from se_plugins.errors import ConfigError, DataError
 
 SIZE = 64
 
@@ -226,6 +226,13 @@ def test_pretrained_first_conv_is_adapted_by_timm_and_smp(tmp_path, datasets):
 
 def test_channel_errors_are_one_line_config_errors(tmp_path, datasets):
     data = imagery_data(datasets, "rgbn")
+    three = load_config(segmentation_config(tmp_path, data), ["data.channels=3", "data.mean=null", "data.std=null"])
+    with pytest.raises(DataError, match=r"000\.tif: image has 4 channels but data\.channels is 3"):
+        SegmentationTask(three).build_datasets()  # at start, from the first image, not in the middle of an epoch
+    with pytest.raises(DataError, match=r"000\.tif: image has 4 channels but data\.channels is 3"):
+        DetectionTask(
+            load_config(detection_config(tmp_path, data), ["data.channels=3", "data.mean=null", "data.std=null"])
+        ).build_datasets()
     with pytest.raises(ConfigError, match="fasterrcnn_se_resnet50_fpn has torchvision's 3-channel ResNet stem"):
         DetectionTask(
             load_config(

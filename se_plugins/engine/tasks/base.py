@@ -196,6 +196,15 @@ class Task(abc.ABC):
             self._reader_logged = True
         return reader
 
+    def check_first_item(self, dataset: Dataset) -> None:
+        """Load item 0 of ``dataset``, so that data the reader rejects stops the run with its one line at start.
+
+        E.g. 4-band files with ``data.channels: 3``. The RNG states are left as they were.
+        """
+        if len(dataset):  # type: ignore[arg-type]
+            with torch.random.fork_rng(devices=[]):
+                dataset[0]
+
     def image_mean_std(self) -> tuple[list[float], list[float]]:
         """Per-channel ``(mean, std)`` the model input is normalised with, for ``data.channels`` channels.
 

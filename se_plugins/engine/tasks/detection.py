@@ -131,6 +131,7 @@ class DetectionTask(Task):
                 )
         if not train and len(dataset) == 0:
             raise ConfigError(f"data: the validation set of {data.format} data is empty")
+        self.check_first_item(dataset)
         self.class_names = list(dataset.class_names)
         return dataset
 
@@ -210,8 +211,9 @@ class DetectionTask(Task):
             if key in extra:
                 raise ConfigError(f"model.kwargs.{key}: set model.{key} instead")
         for key, instead in _CHANNEL_KWARGS.items():
-            if key in extra or key in (extra.get("backbone_kwargs") or {}):
-                raise ConfigError(f"model.kwargs: {key}: set {instead} instead")
+            for where, given in (("", extra), ("backbone_kwargs.", extra.get("backbone_kwargs") or {})):
+                if key in given:
+                    raise ConfigError(f"model.kwargs.{where}{key}: set {instead} instead")
         kwargs: dict[str, Any] = dict(num_classes=self.num_classes(), min_size=m.min_size, max_size=m.max_size)
         kwargs.update(self._input_kwargs(extra))
         if m.trainable_backbone_layers is not None:

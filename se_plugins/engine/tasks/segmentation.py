@@ -153,6 +153,7 @@ class SegmentationTask(Task):
                 f"the data ({', '.join(names)}); set it to null to take the number from the data"
             )
         self.class_names = names
+        self.check_first_item(dataset)
         return dataset
 
     def _make_shapes(self) -> Path:
