@@ -18,7 +18,7 @@ from PIL import Image
 
 from se_plugins.data._io import load_rgb_image, read_image_size
 from se_plugins.data.decode import ImageReader
-from se_plugins.data.intensity import IntensityRule
+from se_plugins.data.intensity import IntensityRule, reset_clip_count
 from se_plugins.errors import DataError
 
 HAS_IMAGECODECS = importlib.util.find_spec("imagecodecs") is not None
@@ -34,6 +34,14 @@ def no_warnings(reader: ImageReader, path: Path) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return reader(path)
+
+
+@pytest.fixture(autouse=True)
+def fresh_clip_count():
+    """Clip warnings count files per process; every test starts from zero."""
+    reset_clip_count()
+    yield
+    reset_clip_count()
 
 
 @pytest.fixture
@@ -90,6 +98,23 @@ def test_values_outside_the_range_are_clipped_with_a_counted_warning(tiff12):
     message = str(record[0].message)
     assert str(path) in message and f"{above} of {raw.size} values" in message and "data.intensity_range" in message
     assert image.max().item() == 1.0 and int((image == 1.0).sum()) == above + int((raw == 2000).sum())
+
+
+def test_clip_warnings_report_the_first_files_then_every_100th(tmp_path):
+    reader = ImageReader(1)  # auto: float values are taken as they are, so 2.0 is clipped
+    paths = []
+    for i in range(201):
+        paths.append(tmp_path / f"f{i:03d}.tif")
+        tifffile.imwrite(paths[-1], np.array([[0.5, 2.0]], np.float32))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for path in paths + paths[:3]:  # a second epoch over some files reports nothing new
+            assert reader(path).max().item() == 1.0  # always clipped, reported or not
+    reported = [str(r.message) for r in record]
+    assert [m.split(":")[0] for m in reported] == [str(paths[i]) for i in (0, 1, 2, 3, 4, 99, 199)]
+    assert reported[0].endswith("(1 file with clipped values so far in this process)")
+    assert reported[-1].endswith("(200 files with clipped values so far in this process)")
+    assert "1 of 2 values (50 %)" in reported[-1]
 
 
 def test_float_tiff_is_taken_as_is(tmp_path):

@@ -12,8 +12,10 @@ The rule is ``data.intensity`` in a config:
 - ``range``: ``(x - lo) / (hi - lo)`` with the fixed ``data.intensity_range: [lo, hi]`` (e.g. ``[0, 4095]`` for a
   12-bit camera stored in 16-bit files).
 
-Values outside [0, 1] after ``auto`` (floats) or ``range`` are clipped with a warning that names the file and
-counts them; NaN/inf values become 0, also with a counted warning. Nothing is clipped silently.
+Values outside [0, 1] after ``auto`` (floats) or ``range`` are clipped with a warning that names the file, counts
+its clipped values and the files with clipped values so far (the first 5 such files of a process are each reported,
+then every 100th, so a large data set does not flood the log); NaN/inf values become 0, also with a counted
+warning. Nothing is clipped silently.
 
 Example:
     >>> rule = IntensityRule("range", value_range=(0.0, 4095.0))
@@ -35,6 +37,11 @@ INTENSITY_MODES = ("auto", "percentile", "range")
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
 """Default ``data.intensity_percentiles`` (low, high)."""
+
+WARN_FIRST_FILES, WARN_EVERY_FILES = 5, 100
+"""Clip warnings: each of the first 5 files with clipped values, then every 100th (the message counts them all)."""
+
+_CLIPPED_FILES: set[str] = set()  # files of this process with clipped values (each counted once, across epochs)
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,11 @@ def normalize_intensity(
     return _clip_counted(out, path, rule)
 
 
+def reset_clip_count() -> None:
+    """Forget the files counted by the clip warnings (the count is per process; e.g. to start a new data set)."""
+    _CLIPPED_FILES.clear()
+
+
 def scale_alpha(alpha: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     """An alpha channel as float32 in [0, 1]: integers by their type's maximum, floats as they are (clipped)."""
     if alpha.dtype.kind in "ui":
@@ -195,13 +207,21 @@ def _clip_counted(out: np.ndarray, path: str | os.PathLike, rule: IntensityRule)
     out = np.nan_to_num(out, nan=0.0, copy=False)
     below, above = int((out < 0).sum()), int((out > 1).sum())
     if below or above:
+        np.clip(out, 0.0, 1.0, out=out)
+        key = os.fspath(path)
+        if key in _CLIPPED_FILES:
+            return out  # counted (and reported, if it was its turn) when first seen, e.g. in an earlier epoch
+        _CLIPPED_FILES.add(key)
+        seen = len(_CLIPPED_FILES)
+        if seen > WARN_FIRST_FILES and seen % WARN_EVERY_FILES:
+            return out  # counted; the next report (every 100th file) includes it
+        hint = "; widen data.intensity_range" if rule.mode == "range" else "; set data.intensity range or percentile"
         warnings.warn(
             f"{path}: {below + above} of {out.size} values ({100.0 * (below + above) / out.size:.3g} %) fall "
-            f"outside [0, 1] after intensity {rule.mode} normalisation ({below} below, {above} above): clipped"
-            + ("; widen data.intensity_range" if rule.mode == "range" else "; set data.intensity range or percentile"),
+            f"outside [0, 1] after intensity {rule.mode} normalisation ({below} below, {above} above): clipped{hint} "
+            f"({seen} {'file' if seen == 1 else 'files'} with clipped values so far in this process)",
             stacklevel=3,
         )
-        np.clip(out, 0.0, 1.0, out=out)
     return out
 
 
