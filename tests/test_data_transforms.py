@@ -179,3 +179,23 @@ def test_dataloader_with_collate(tmp_path):
     assert isinstance(images, list) and len(images) == 2 and images[0].shape == (3, 48, 48)
     assert [t["image_id"] for t in targets] == [1, 2]
     assert detection_collate([]) == ([], [])
+
+
+@pytest.mark.parametrize("channels", [1, 4, 13])
+def test_presets_work_for_any_channel_count(channels):
+    """Flip, resize, crop and pad treat every channel alike and leave float values (even above 1) unscaled."""
+    torch.manual_seed(1)
+    pixels = torch.rand(channels, 32, 48) * 3.0  # float data outside [0, 1] must not be rescaled or clipped here
+    image = tv_tensors.Image(pixels)
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[4.0, 4.0, 20.0, 30.0]]), format="XYXY", canvas_size=(32, 48))
+    target = {"boxes": boxes, "labels": torch.tensor([1])}
+    flipped, out = detection_transforms(True, min_size=None, hflip_prob=1.0)(image, target)
+    assert torch.equal(flipped, pixels.flip(-1)) and out["boxes"].tolist() == [[28.0, 4.0, 44.0, 30.0]]
+    resized, _ = detection_transforms(True, min_size=[16], max_size=64, hflip_prob=0.0)(image, target)
+    assert resized.shape == (channels, 16, 24)
+    mask = tv_tensors.Mask(torch.zeros(32, 48, dtype=torch.int64))
+    cropped, cmask = segmentation_transforms(True, crop_size=40, scale_range=(0.8, 0.8), hflip_prob=0.0)(image, mask)
+    assert cropped.shape == (channels, 40, 40) and cmask.shape == (40, 40)
+    padded, pmask = segmentation_transforms(False, size_divisor=32)(image, mask)
+    assert padded.shape == (channels, 32, 64) and torch.equal(padded[:, :, :48], pixels)
+    assert (padded[:, :, 48:] == 0).all() and (pmask[:, 48:] == 255).all()

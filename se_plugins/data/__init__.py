@@ -5,6 +5,8 @@ labels 1..K); segmentation samples are ``(image, mask)`` (int64 ``Mask``, 255 = 
 """
 
 from se_plugins.data.coco import CocoDetection, CocoSegmentation, load_coco
+from se_plugins.data.decode import ALPHA_POLICIES, ImageReader
+from se_plugins.data.intensity import IntensityRule
 from se_plugins.data.sampler import GroupedBatchSampler, create_aspect_ratio_groups, detection_collate
 from se_plugins.data.shapes import (
     SHAPE_CATEGORY_IDS,
@@ -27,6 +29,7 @@ from se_plugins.data.voc import (
 )
 
 __all__ = [
+    "ALPHA_POLICIES",
     "IGNORE_INDEX",
     "SHAPE_CATEGORY_IDS",
     "SHAPE_CLASSES",
@@ -35,6 +38,8 @@ __all__ = [
     "CocoDetection",
     "CocoSegmentation",
     "GroupedBatchSampler",
+    "ImageReader",
+    "IntensityRule",
     "PadToMultiple",
     "ShapesPaths",
     "VOCDetection",

@@ -9,38 +9,28 @@ import math
 import os
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from se_plugins.data import decode
 from se_plugins.errors import DataError
+
+DEFAULT_READER = decode.ImageReader()
+"""What ``load_rgb_image`` uses: 3 channels, alpha ``blend_black``, intensity ``auto``."""
 
 
 def load_rgb_image(path: str | os.PathLike) -> tv_tensors.Image:
-    """Decode an image file as RGB float32 CHW in [0, 1] (raises DataError naming the file)."""
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: cannot read image (file not found)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
-    array = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-    return tv_tensors.Image(array.to(torch.float32).div_(255.0))
+    """Decode an image file as 3-channel float32 CHW in [0, 1] (raises DataError naming the file).
+
+    The default :class:`~se_plugins.data.decode.ImageReader`: 8-bit /255, 16-bit /65535, float as is, gray
+    repeated to RGB, alpha blended over black. Data sets take an ``image_reader`` for other settings.
+    """
+    return DEFAULT_READER(path)
 
 
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """Return ``(height, width)`` from the image header without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: cannot read image (file not found)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
-    return height, width
+    return decode.read_image_size(path)
 
 
 def coco_from_dict(dataset: dict[str, Any]) -> COCO:

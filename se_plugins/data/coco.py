@@ -143,9 +143,14 @@ class _CocoBase(Dataset):
     """
 
     def __init__(
-        self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, keep_background_category: bool = False
+        self,
+        img_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        keep_background_category: bool = False,
+        image_reader: Callable | None = None,
     ) -> None:
         self.img_dir = Path(img_dir)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.ann_file = Path(ann_file)
         self.coco: COCO = load_coco(self.ann_file)
         self.ids: list[int] = sorted(self.coco.imgs)
@@ -180,7 +185,7 @@ class _CocoBase(Dataset):
 
     def _load_image(self, idx: int) -> tv_tensors.Image:
         path = self.image_path(self.ids[idx])
-        image = load_rgb_image(path)
+        image = self.image_reader(path)
         height, width = self.get_height_and_width(idx)
         if tuple(image.shape[-2:]) != (height, width):
             raise DataError(
@@ -214,6 +219,8 @@ class CocoDetection(_CocoBase):
             when the data set is built; a file that fails to decode later is replaced by the next image),
             and boxes lying entirely outside their image, with one warning that counts them. False
             raises DataError instead.
+        image_reader: ``path -> tv_tensors.Image`` (e.g. ``se_plugins.data.decode.ImageReader(channels=4)``);
+            None = ``load_rgb_image`` (3 channels, 8-bit /255, 16-bit /65535, alpha blended over black).
 
     Example:
         >>> ds = CocoDetection("coco/train2017", "coco/annotations/instances_train2017.json",
@@ -229,8 +236,10 @@ class CocoDetection(_CocoBase):
         keep_empty: bool = True,
         skip_bad_images: bool = False,
         keep_background_category: bool = False,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
-        super().__init__(img_dir, ann_file, keep_background_category)
+        super().__init__(img_dir, ann_file, keep_background_category, image_reader)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
         cats = self.categories
@@ -385,6 +394,7 @@ class CocoSegmentation(_CocoBase):
         classes: Category names to use, in class order (categories not listed become background);
             None = all categories in order of id (a background category excluded, see ``_CocoBase``).
         keep_background_category: Keep a category named like background as a class.
+        image_reader: ``path -> tv_tensors.Image`` (see ``CocoDetection``); None = ``load_rgb_image``.
 
     Example:
         >>> ds = CocoSegmentation("shapes/coco/train", "shapes/coco/annotations/instances_train.json")
@@ -398,8 +408,10 @@ class CocoSegmentation(_CocoBase):
         transforms: Callable | None = None,
         classes: Sequence[str] | None = None,
         keep_background_category: bool = False,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
-        super().__init__(img_dir, ann_file, keep_background_category)
+        super().__init__(img_dir, ann_file, keep_background_category, image_reader)
         self.transforms = transforms
         cats = self.categories
         if classes is None:

@@ -2,7 +2,9 @@
 
 Both presets take and return the datasets' samples: ``(image, target_dict)`` for detection,
 ``(image, mask)`` for segmentation. Masks are resized with nearest-neighbour interpolation (v2 does
-that for ``tv_tensors.Mask``) and padded with 255 (ignore).
+that for ``tv_tensors.Mask``) and padded with 255 (ignore). Every operation works on images of any channel count
+(1, 3, 4, 13, ...) and leaves float images unscaled (``ToDtype(float32, scale=True)`` only scales integer
+tensors), so values decoded by ``se_plugins.data.decode.ImageReader`` reach the model as they are.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def detection_transforms(
 
     Train: horizontal flip, resize of the shorter side to a random choice of ``min_size`` (multi-scale)
     with the longer side at most ``max_size``, removal of boxes that became degenerate (with their
-    labels/area/iscrowd/difficult), float32 in [0, 1]. Eval: resize of the shorter side to
+    labels/area/iscrowd/difficult), float32 (integer tensors scaled to [0, 1]). Eval: resize of the shorter side to
     ``min_size`` (its last entry for a list) or, with ``min_size=None``, no resize.
 
     Note that an eval resize puts predictions in resized coordinates; torchvision's detection models
@@ -111,8 +113,8 @@ def segmentation_transforms(
 
     Train: resize of the shorter side to a random size in ``scale_range * base_size``, random
     ``crop_size`` crop (image padded with 0, mask with 255 where the image is smaller), horizontal flip,
-    float32 in [0, 1]. Eval: optional resize of the shorter side to ``eval_size``, then padding to a
-    multiple of ``size_divisor`` (mask padded with 255), float32.
+    float32 (integer tensors scaled to [0, 1]). Eval: optional resize of the shorter side to ``eval_size``, then
+    padding to a multiple of ``size_divisor`` (mask padded with 255), float32.
 
     Args:
         train: Training (random) or evaluation (deterministic) preset.

@@ -204,6 +204,8 @@ class VOCDetection(Dataset):
         keep_difficult: Keep objects marked difficult in the targets (``coco_ground_truth`` always keeps
             them, marked ``iscrowd=1`` so COCO evaluation ignores them).
         coordinates: ``"1-based"`` (the VOC devkit's convention, default) or ``"0-based"`` (see above).
+        image_reader: ``path -> tv_tensors.Image`` (e.g. ``se_plugins.data.decode.ImageReader(channels=4)``);
+            None = ``load_rgb_image``.
 
     Example:
         >>> ds = VOCDetection("VOCdevkit/VOC2007", "trainval", transforms=detection_transforms(True))
@@ -218,10 +220,13 @@ class VOCDetection(Dataset):
         transforms: Callable | None = None,
         keep_difficult: bool = True,
         coordinates: str = "1-based",
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
         if coordinates not in VOC_COORDINATES:
             raise ValueError(f"coordinates must be one of {', '.join(VOC_COORDINATES)}, got {coordinates!r}")
         self.root = Path(root)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.split = split
         self.transforms = transforms
         self.keep_difficult = keep_difficult
@@ -310,7 +315,7 @@ class VOCDetection(Dataset):
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
         path = self._images[idx]
-        image = load_rgb_image(path)
+        image = self.image_reader(path)
         height, width = image.shape[-2:]
         if (height, width) != self._sizes[idx]:
             raise DataError(
@@ -397,6 +402,7 @@ class VOCSegmentation(Dataset):
         split: Name of ``ImageSets/Segmentation/<split>.txt``.
         classes: Class names indexed by mask value, background first; None = ``VOC_SEG_CLASSES`` (21).
         transforms: Callable ``(image, mask) -> (image, mask)``, e.g. ``segmentation_transforms(True)``.
+        image_reader: ``path -> tv_tensors.Image`` (see ``VOCDetection``); None = ``load_rgb_image``.
 
     Example:
         >>> ds = VOCSegmentation("VOCdevkit/VOC2012", "train", transforms=segmentation_transforms(True))
@@ -409,8 +415,11 @@ class VOCSegmentation(Dataset):
         split: str = "train",
         classes: Sequence[str] | None = None,
         transforms: Callable | None = None,
+        *,
+        image_reader: Callable | None = None,
     ) -> None:
         self.root = Path(root)
+        self.image_reader: Callable = image_reader or load_rgb_image
         self.split = split
         self.transforms = transforms
         self.class_names: list[str] = _resolve_classes(classes, VOC_SEG_CLASSES, lambda: [])
@@ -442,7 +451,7 @@ class VOCSegmentation(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         image_id = self.ids[idx]
-        image = load_rgb_image(self._images[idx])
+        image = self.image_reader(self._images[idx])
         mask = load_class_mask(self._mask(image_id), self.num_classes)
         if tuple(mask.shape) != tuple(image.shape[-2:]):
             raise DataError(

@@ -88,6 +88,13 @@ class DataConfig:
     skip_bad_images: bool = False  # skip unreadable images with a warning instead of failing
     num_workers: int = 2  # DataLoader worker processes per training process
     persistent_workers: bool = True  # keep workers between epochs (num_workers > 0); false = bit-exact resume
+    channels: int = 3  # image channels the model takes (1 gray, 3 RGB, 4 RGB+NIR/RGBA, 13 ...); gray -> 3 repeats
+    alpha: str = "blend_black"  # alpha channel: "blend_black" | "blend_white" | "drop" | "keep" (as last channel)
+    intensity: str = "auto"  # "auto" (8-bit /255, 16-bit /65535, float as is) | "percentile" | "range"
+    intensity_range: list[float] | None = None  # intensity "range": [lo, hi] -> [0, 1], e.g. [0, 4095] for 12-bit
+    intensity_percentiles: list[float] = field(default_factory=lambda: [1.0, 99.8])  # "percentile": [low, high]
+    mean: list[float] | None = None  # per-channel mean after intensity scaling; null = ImageNet (3 ch) / 0.449 (1 ch)
+    std: list[float] | None = None  # per-channel std; null = ImageNet (3 ch) / 0.226 (1 ch); other counts: required
     shapes: ShapesConfig = field(default_factory=ShapesConfig)  # format "shapes" only
 
 
@@ -161,6 +168,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.se.init": ("identity", "random"),
     "data.format": ("coco", "voc", "shapes"),
     "data.voc_coordinates": ("1-based", "0-based"),
+    "data.alpha": ("blend_black", "blend_white", "drop", "keep"),
+    "data.intensity": ("auto", "percentile", "range"),
     "train.optimizer": ("sgd", "adamw"),
     "train.scheduler": ("multistep", "cosine"),
     "train.amp_dtype": ("float16", "bfloat16"),
@@ -180,6 +189,7 @@ _MIN_VALUES: dict[str, float] = {
     "train.num_vis": 0,
     "eval.batch_size": 1,
     "data.num_workers": 0,
+    "data.channels": 1,
     "model.se.reduction": 1,
 }
 """Smallest allowed value of integer keys (a null Optional value is always allowed)."""
@@ -221,6 +231,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     cfg = merge_into(default_config(), raw, str(path))
     cfg = apply_overrides(cfg, overrides)
+    check_data_imagery(cfg.data, f"{path} with --set" if overrides else str(path))
     return cfg
 
 
@@ -239,6 +250,8 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         except (OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"--set {item}: cannot parse value: {_first_line(str(e))}") from None
         cfg = merge_into(cfg, patch, f"--set {item}")
+    if overrides:
+        check_data_imagery(cfg.data, "--set")
     return cfg
 
 
@@ -288,6 +301,32 @@ def config_classes(data_cfg: DictConfig) -> list[str] | str | None:
     """``data.classes`` as the readers take it: a list of names, ``"auto"`` or None."""
     classes = data_cfg.classes
     return list(classes) if isinstance(classes, ListConfig) else classes
+
+
+def check_data_imagery(data: DictConfig, source: str = "config") -> None:
+    """Check ``data.intensity_range`` / ``intensity_percentiles`` / ``mean`` / ``std`` against each other.
+
+    Keys that depend on each other are checked once all overrides are in (``--set data.intensity=range
+    data.intensity_range=[0,4095]`` is two overrides), by ``load_config`` and ``apply_overrides``.
+    """
+    if data.intensity == "range":
+        r = data.intensity_range
+        if r is None or len(r) != 2 or not r[0] < r[1]:
+            got = "null" if r is None else list(r)
+            raise ConfigError(f"{source}: data.intensity_range: intensity range needs [lo, hi] with lo < hi, got {got}")
+    p = list(data.intensity_percentiles)
+    if len(p) != 2 or not 0 <= p[0] < p[1] <= 100:
+        raise ConfigError(
+            f"{source}: data.intensity_percentiles: need [low, high] with 0 <= low < high <= 100, got {p}"
+        )
+    for key in ("mean", "std"):
+        values = data[key]
+        if values is not None and len(values) != data.channels:
+            raise ConfigError(
+                f"{source}: data.{key}: {len(values)} values for data.channels {data.channels} (one per channel)"
+            )
+    if data.std is not None and any(v <= 0 for v in data.std):
+        raise ConfigError(f"{source}: data.std: every value must be > 0, got {list(data.std)}")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:

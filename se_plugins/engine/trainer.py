@@ -119,6 +119,24 @@ def lr_lambda(train_cfg: DictConfig, iters_per_epoch: int) -> Callable[[int], fl
     return factor
 
 
+def warmup_warning(train_cfg: DictConfig, iters_per_epoch: int) -> str | None:
+    """The start-of-run warning for a warmup that covers all (or at least half) of the training, else None.
+
+    With ``warmup_iters >= epochs * iters_per_epoch`` the LR never reaches ``train.lr``; the message gives the
+    highest LR factor the schedule reaches.
+    """
+    warmup, total = int(train_cfg.warmup_iters), max(1, int(train_cfg.epochs) * iters_per_epoch)
+    if warmup <= 0 or 2 * warmup < total:
+        return None
+    where = f"train.warmup_iters {warmup} >= {'the' if warmup >= total else '50 % of the'} {total} training iterations"
+    where += f" ({train_cfg.epochs} epochs x {iters_per_epoch} iterations)"
+    if warmup >= total:
+        factor = lr_lambda(train_cfg, iters_per_epoch)
+        peak = max(factor(step) for step in range(total)) * float(train_cfg.lr)
+        return f"{where}: the LR never reaches train.lr {train_cfg.lr:g} (peak {peak:.3g})"
+    return f"{where}: most of the training runs below train.lr {train_cfg.lr:g}"
+
+
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None) -> list[dict[str, Any]]:
     """Trainable parameters split into weights (``weight_decay``) and norm weights/biases (1-D tensors).
 
@@ -198,6 +216,9 @@ class Trainer:
         if iters_per_epoch == 0:
             raise DataError(f"the training data yields no batch ({len(train_set)} items, batch_size {tcfg.batch_size})")
 
+        warning = warmup_warning(tcfg, iters_per_epoch)
+        if warning and self.dist.is_main:
+            logger.warning(warning)
         optimizer = build_optimizer(model, tcfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg, iters_per_epoch))
         use_scaler = tcfg.amp and self.device.type == "cuda" and tcfg.amp_dtype == "float16"

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -64,6 +65,41 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
     return image.contiguous()
+
+
+DISPLAY_PERCENTILES = (0.5, 99.5)
+"""Percentiles mapped to black and white by :func:`render_image`'s stretch."""
+
+
+def render_image(image: torch.Tensor, min_span: float = 0.5) -> torch.Tensor:
+    """An 8-bit RGB view of a model input of any channel count and intensity range, for prediction PNGs.
+
+    The single channel (1 or 2 channels) or the first three channels are shown. 1- and 3-channel float images whose
+    values span at least ``min_span`` of [0, 1] between the 0.5th and 99.5th percentiles (ordinary 8-bit photos)
+    are drawn as they are (``x * 255``); other images (16-bit data normalised by the type's range, which uses a
+    sliver of it, and all multi-band data) get a per-channel 0.5-99.5 percentile stretch.
+
+    Args:
+        image: ``[C, H, W]`` uint8, or float (any range).
+        min_span: Percentile span below which a 1-/3-channel image is stretched.
+
+    Returns:
+        ``[3, H, W]`` uint8.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"expected an image of shape [C, H, W], got {tuple(image.shape)}")
+    image = image.detach().cpu().as_subclass(torch.Tensor)
+    shown = image[:3] if image.shape[0] >= 3 else image[:1]
+    if image.dtype == torch.uint8 and image.shape[0] in (1, 3):
+        return to_uint8(image)
+    shown = shown.float() / 255.0 if shown.dtype == torch.uint8 else shown.float()
+    lo, hi = np.percentile(shown.numpy().reshape(shown.shape[0], -1), DISPLAY_PERCENTILES, axis=1)
+    if image.shape[0] in (1, 3) and float((hi - lo).max()) >= min_span:
+        return to_uint8(shown)
+    lo_t = torch.from_numpy(lo).float().view(-1, 1, 1)
+    span = torch.from_numpy(hi - lo).float().view(-1, 1, 1)
+    stretched = torch.where(span > 0, (shown - lo_t) / span.clamp(min=1e-12), shown.clamp(0, 1))
+    return to_uint8(stretched)
 
 
 def draw_detections(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -57,6 +58,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from se_plugins.engine.distributed import DistInfo, ShardSampler
+from se_plugins.errors import ConfigError
+
+logger = logging.getLogger("se_plugins.engine")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_MEAN, GRAY_STD = (0.449,), (0.226,)
+"""Default 1-channel statistics: the mean of ImageNet's RGB values (timm's conv adaptation sums the RGB filters)."""
 
 
 class Task(abc.ABC):
@@ -167,6 +176,54 @@ class Task(abc.ABC):
         return []
 
     # ------------------------------------------------------------------------------------ helpers
+
+    def image_reader(self) -> Any:
+        """The ``ImageReader`` of ``data.channels`` / ``data.alpha`` / ``data.intensity*`` (described once in the log).
+
+        Raises:
+            ConfigError: inconsistent intensity settings (e.g. ``intensity: range`` without ``intensity_range``).
+        """
+        from se_plugins.data.decode import ImageReader
+        from se_plugins.engine.config import check_data_imagery
+
+        check_data_imagery(self.cfg.data)
+        try:
+            reader = ImageReader.from_config(self.cfg.data)
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
+        if not getattr(self, "_reader_logged", False) and self.dist.is_main:
+            logger.info(reader.describe())
+            self._reader_logged = True
+        return reader
+
+    def check_first_item(self, dataset: Dataset) -> None:
+        """Load item 0 of ``dataset``, so that data the reader rejects stops the run with its one line at start.
+
+        E.g. 4-band files with ``data.channels: 3``. The RNG states are left as they were.
+        """
+        if len(dataset):  # type: ignore[arg-type]
+            with torch.random.fork_rng(devices=[]):
+                dataset[0]
+
+    def image_mean_std(self) -> tuple[list[float], list[float]]:
+        """Per-channel ``(mean, std)`` the model input is normalised with, for ``data.channels`` channels.
+
+        ``data.mean`` / ``data.std`` when set; else ImageNet's for 3 channels and their averages (0.449, 0.226)
+        for 1 channel. Other channel counts have no default.
+
+        Raises:
+            ConfigError: ``data.mean`` / ``data.std`` missing for a channel count without a default.
+        """
+        data = self.cfg.data
+        defaults = {3: (IMAGENET_MEAN, IMAGENET_STD), 1: (GRAY_MEAN, GRAY_STD)}.get(int(data.channels))
+        if (data.mean is None or data.std is None) and defaults is None:
+            raise ConfigError(
+                f"data.mean/data.std: required for data.channels {data.channels} (one value per channel; "
+                "`python -m se_plugins.engine.channel_stats CONFIG` prints them for the training images)"
+            )
+        mean = list(data.mean) if data.mean is not None else list(defaults[0])  # type: ignore[index]
+        std = list(data.std) if data.std is not None else list(defaults[1])  # type: ignore[index]
+        return [float(v) for v in mean], [float(v) for v in std]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` as configured (``train.amp`` on a CUDA device), else a no-op context."""

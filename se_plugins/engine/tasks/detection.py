@@ -14,6 +14,10 @@
 - ``model.num_classes``: null = the data's classes + 1 (background).
 - ``model.pretrained_backbone``: a local backbone weights file (no downloads); ``model.kwargs``: any other
   keyword of the builder or of ``torchvision.models.detection.FasterRCNN`` (``anchor_sizes``, ``rpn_*``...).
+- ``data.channels`` / ``data.alpha`` / ``data.intensity*``: how images are decoded (``ImageReader``);
+  ``data.channels`` other than 3 needs ``fasterrcnn_timm_fpn`` (the backbone gets timm's ``in_chans``, and a
+  pretrained first conv is adapted by timm). ``data.mean`` / ``data.std`` become ``FasterRCNN``'s ``image_mean`` /
+  ``image_std`` (null with 3 channels: the builder's defaults).
 - ``eval.metric``: ``coco`` (main metric ``AP50``, the 12 COCOeval numbers) or ``voc07`` / ``voc`` (main
   metric ``mAP``, VOC 11-point / area AP at IoU 0.5 plus ``AP_<class>`` per class).
 
@@ -53,7 +57,7 @@ from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
 from se_plugins.engine.tasks.base import Task
-from se_plugins.engine.visualize import draw_detections, hstack_images, save_png
+from se_plugins.engine.visualize import draw_detections, hstack_images, render_image, save_png
 from se_plugins.errors import ConfigError, SEPluginsError
 from se_plugins.models import PREFIX as SE_PLUGIN_PREFIX
 
@@ -67,6 +71,7 @@ ASPECT_RATIO_GROUP_FACTOR = 3
 
 _TORCHVISION_SE = ("fasterrcnn_se_resnet50_fpn", "fasterrcnn_se_resnet50_fpn_v2")
 _RESERVED_KWARGS = ("num_classes", "min_size", "max_size", "backbone", "trainable_backbone_layers")
+_CHANNEL_KWARGS = {"in_chans": "data.channels", "in_channels": "data.channels"}
 
 
 class DetectionTask(Task):
@@ -109,6 +114,7 @@ class DetectionTask(Task):
                 classes=classes,
                 transforms=transforms,
                 coordinates=data.voc_coordinates,
+                image_reader=self.image_reader(),
             )
         else:
             if data.format == "shapes":
@@ -123,6 +129,7 @@ class DetectionTask(Task):
                 keep_empty=data.keep_empty if train else True,  # evaluation always covers every image
                 skip_bad_images=data.skip_bad_images,
                 keep_background_category=data.keep_background_category,
+                image_reader=self.image_reader(),
             )
             if isinstance(classes, list) and classes != dataset.class_names:
                 raise ConfigError(
@@ -131,6 +138,7 @@ class DetectionTask(Task):
                 )
         if not train and len(dataset) == 0:
             raise ConfigError(f"data: the validation set of {data.format} data is empty")
+        self.check_first_item(dataset)
         self.class_names = list(dataset.class_names)
         return dataset
 
@@ -209,7 +217,12 @@ class DetectionTask(Task):
         for key in _RESERVED_KWARGS:
             if key in extra:
                 raise ConfigError(f"model.kwargs.{key}: set model.{key} instead")
+        for key, instead in _CHANNEL_KWARGS.items():
+            for where, given in (("", extra), ("backbone_kwargs.", extra.get("backbone_kwargs") or {})):
+                if key in given:
+                    raise ConfigError(f"model.kwargs.{where}{key}: set {instead} instead")
         kwargs: dict[str, Any] = dict(num_classes=self.num_classes(), min_size=m.min_size, max_size=m.max_size)
+        kwargs.update(self._input_kwargs(extra))
         if m.trainable_backbone_layers is not None:
             kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
         if m.backbone and m.name != "fasterrcnn_timm_fpn":
@@ -218,6 +231,11 @@ class DetectionTask(Task):
             )
         if m.name == "fasterrcnn_timm_fpn":
             kwargs.update(self._timm_kwargs(extra))
+        elif self.cfg.data.channels != 3:
+            raise ConfigError(
+                f"data.channels: {m.name} has torchvision's 3-channel ResNet stem; for {self.cfg.data.channels}-"
+                "channel images use model.name fasterrcnn_timm_fpn (timm adapts the first conv, in_chans)"
+            )
         elif m.name in _TORCHVISION_SE:
             kwargs.update(self._torchvision_se_kwargs())
         else:
@@ -249,6 +267,8 @@ class DetectionTask(Task):
             hint = "; set model.se.enabled false for a backbone without an SE variant" if m.se.enabled else ""
             raise ConfigError(f"model.backbone: {name!r} is not a timm model{hint}")
         backbone_kwargs = dict(extra.pop("backbone_kwargs", None) or {})
+        if self.cfg.data.channels != 3:
+            backbone_kwargs["in_chans"] = int(self.cfg.data.channels)  # timm adapts pretrained first-conv weights
         if m.se.enabled:
             backbone_kwargs.update(self._se_options())
         return dict(
@@ -256,6 +276,21 @@ class DetectionTask(Task):
             pretrained_backbone=m.pretrained_backbone or False,
             backbone_kwargs=backbone_kwargs,
         )
+
+    def _input_kwargs(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """``image_mean`` / ``image_std`` of ``data.mean`` / ``data.std`` (any channel count) for ``FasterRCNN``.
+
+        Nothing for 3 channels without ``data.mean`` / ``data.std``: the builder's defaults (ImageNet, or the timm
+        backbone's pretrained-cfg statistics) stay.
+        """
+        data = self.cfg.data
+        if data.channels == 3 and data.mean is None and data.std is None:
+            return {}
+        for key in ("image_mean", "image_std"):
+            if key in extra:
+                raise ConfigError(f"model.kwargs.{key}: set data.{key.removeprefix('image_')} instead")
+        mean, std = self.image_mean_std()
+        return {"image_mean": mean, "image_std": std}
 
     def _torchvision_se_kwargs(self) -> dict[str, Any]:
         m = self.cfg.model
@@ -294,7 +329,7 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: list[torch.Tensor], device: torch.device) -> list[dict[str, Any]]:
-        """Detections of ``model`` (eval mode) for a list of ``[3, H, W]`` images, on CPU in float32."""
+        """Detections of ``model`` (eval mode) for a list of ``[C, H, W]`` images, on CPU in float32."""
         with self.autocast():
             outputs = model([_plain(image).to(device, non_blocking=True) for image in images])
         return [
@@ -338,9 +373,10 @@ class DetectionTask(Task):
         for i in range(min(num, len(dataset))):  # type: ignore[arg-type]
             image, target = dataset[i]
             output = self.predict(model, [image], self.device)[0]
-            truth = draw_detections(image, target["boxes"], target["labels"], class_names=names)
+            canvas = render_image(image)  # 8-bit RGB view of any channel count / intensity range
+            truth = draw_detections(canvas, target["boxes"], target["labels"], class_names=names)
             pred = draw_detections(
-                image,
+                canvas,
                 output["boxes"],
                 output["labels"],
                 output["scores"],

@@ -18,8 +18,10 @@ Selected by ``task: segmentation``. What the config keys mean here:
   ``loss.ignore_index``.
 - ``eval.metric`` is not read: this task always reports mIoU, pixel_acc, mAcc and ``IoU/<class>``.
 
-Images are normalised with the ImageNet mean/std inside the task and padded (bottom/right: image 0, mask
-``ignore_index``) to a multiple of the encoder's output stride; logits are cropped back, so the model sees
+Images are decoded by ``data.channels`` / ``data.alpha`` / ``data.intensity*`` (``ImageReader``); the model gets
+``in_channels = data.channels`` (smp/timm adapt a pretrained first conv). Images are normalised with ``data.mean``
+/ ``data.std`` (null: ImageNet's for 3 channels, 0.449 / 0.226 for 1) inside the task and padded (bottom/right:
+image 0, mask ``ignore_index``) to a multiple of the encoder's output stride; logits are cropped back, so the model sees
 every pixel at its original position and evaluation is exact. Evaluation runs on full-size validation images
 (a batch holds images of one size), accumulates one confusion matrix per rank and sums them across ranks.
 """
@@ -43,11 +45,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
-from se_plugins.engine.tasks.base import Task
+from se_plugins.engine.tasks.base import IMAGENET_MEAN, IMAGENET_STD, Task  # noqa: F401 (the defaults, re-exported)
 from se_plugins.errors import ConfigError, DataError, SEPluginsError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE_RANGE = (0.5, 2.0)
 """Random rescale range of the training crop recipe, relative to ``data.image_size or data.crop_size``."""
 
@@ -144,6 +144,7 @@ class SegmentationTask(Task):
                 transforms=transforms,
                 classes=classes or None,
                 keep_background_category=dcfg.keep_background_category,
+                image_reader=self.image_reader(),
             )
         else:
             from se_plugins.data import SHAPE_CLASSES, VOCSegmentation
@@ -155,7 +156,9 @@ class SegmentationTask(Task):
                 root = self._make_shapes()
                 classes = classes or ["background", *SHAPE_CLASSES]
             split = dcfg.train_split if train else dcfg.val_split
-            dataset = VOCSegmentation(root, split, classes=classes, transforms=transforms)
+            dataset = VOCSegmentation(
+                root, split, classes=classes, transforms=transforms, image_reader=self.image_reader()
+            )
         names = list(dataset.class_names)  # type: ignore[attr-defined]
         if self.cfg.model.num_classes is not None and self.cfg.model.num_classes != len(names):
             raise ConfigError(
@@ -163,6 +166,7 @@ class SegmentationTask(Task):
                 f"the data ({', '.join(names)}); set it to null to take the number from the data"
             )
         self.class_names = names
+        self.check_first_item(dataset)
         return dataset
 
     def _make_shapes(self) -> Path:
@@ -252,6 +256,10 @@ class SegmentationTask(Task):
             raise ConfigError("model.backbone: required (the encoder, e.g. resnet18 or tu-se_plugin_resnet50)")
         kwargs: dict[str, Any] = dict(OmegaConf.to_container(mcfg.kwargs, resolve=True))  # type: ignore[arg-type]
         kwargs["encoder_weights"] = mcfg.pretrained_backbone
+        for key in ("in_channels", "in_chans"):
+            if key in kwargs:
+                raise ConfigError(f"model.kwargs.{key}: set data.channels instead")
+        kwargs["in_channels"] = int(self.cfg.data.channels)  # smp/timm adapt a pretrained first conv
         se = mcfg.se
         if "se_encoder" in inspect.signature(builder).parameters:
             kwargs.update(
@@ -327,7 +335,7 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, C, H, W]`` of same-size images ``[N, 3, H, W]`` (or ``[3, H, W]``) in [0, 1].
+        """Logits ``[N, K, H, W]`` of same-size images ``[N, C, H, W]`` (or ``[C, H, W]``) in [0, 1].
 
         The images are normalised, resized to ``data.image_size`` (shorter side) when set, padded to a multiple
         of the encoder's output stride; the logits are cropped and resized back to ``H x W``.
@@ -375,7 +383,7 @@ class SegmentationTask(Task):
 
     def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
         """PNGs of the first ``num`` validation images: image | ground truth | prediction (masks overlaid)."""
-        from se_plugins.engine.visualize import draw_mask, hstack_images, save_png
+        from se_plugins.engine.visualize import draw_mask, hstack_images, render_image, save_png
 
         files = []
         ignore, num_classes = self.cfg.loss.ignore_index, self.num_classes
@@ -383,16 +391,21 @@ class SegmentationTask(Task):
             image, mask = dataset[i]
             image = image.as_subclass(torch.Tensor)
             pred = self.predict(model, image)[0].argmax(0).cpu()
-            panels = [image, draw_mask(image, mask, num_classes, ignore), draw_mask(image, pred, num_classes, ignore)]
+            canvas = render_image(image)  # 8-bit RGB view of any channel count / intensity range
+            panels = [canvas, *(draw_mask(canvas, m, num_classes, ignore) for m in (mask, pred))]
             files.append(save_png(hstack_images(panels), Path(out_dir) / f"{i:03d}_image_gt_pred.png"))
         return files
 
     # ------------------------------------------------------------------------------------------ helpers
 
     def _normalize(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """ImageNet-normalise ``[..., 3, h, w]`` images and zero-pad them (bottom/right) to ``height x width``."""
-        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
+        """Normalise ``[..., C, h, w]`` images by ``image_mean_std``; zero-pad them (bottom/right) to height x width."""
+        if not hasattr(self, "_mean_std"):
+            self._mean_std = self.image_mean_std()
+        mean = torch.tensor(self._mean_std[0], device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self._mean_std[1], device=images.device).view(-1, 1, 1)
+        if images.shape[-3] != mean.shape[0]:
+            raise DataError(f"an image has {images.shape[-3]} channels but data.channels is {mean.shape[0]}")
         return _pad((images.float() - mean) / std, height, width, 0)
 
 
