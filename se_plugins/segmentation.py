@@ -22,6 +22,7 @@ or raises the hub's own error); a local file is passed as
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -419,6 +420,12 @@ def se_unet(encoder_name: str, classes: int = 1, **kwargs: Any) -> SEUnet:
         True
     """
     return SEUnet(encoder_name, classes, **kwargs)
+
+
+_init_signature = inspect.signature(SEUnet.__init__)
+se_unet.__signature__ = _init_signature.replace(  # the keywords of SEUnet, for callers that inspect them
+    parameters=list(_init_signature.parameters.values())[1:], return_annotation=SEUnet
+)
 
 
 def unet(

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import se_plugins  # noqa: F401  (registers se_plugin_* with timm)
 from se_plugins import add_se, benchmark, set_se_fused
-from tests.conftest import randomize_norm_stats
+from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--batch-size", "2", "--image-size", "64", "--repeats", "2", "--iters", "1", "--warmup", "1"]
@@ -293,4 +293,6 @@ def test_fused_keeps_the_plain_result_dtype_under_autocast(rng_input):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out_f, out_p = block_f(x), block_p(x)
     assert out_f.dtype == out_p.dtype == torch.float32
-    torch.testing.assert_close(out_f, out_p, rtol=2e-2, atol=2e-2)
+    # one block; the two forms differ only in the element-wise tail (bf16 multiply and add vs one addcmul)
+    tol = rounding_tolerance(out_p, layers=2, fan_in=1, dtype=torch.bfloat16)
+    assert (out_f - out_p).abs().max().item() <= tol

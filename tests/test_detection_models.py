@@ -23,7 +23,7 @@ from se_plugins.detection import (
     fasterrcnn_se_resnet50_fpn_v2,
     fasterrcnn_timm_fpn,
 )
-from tests.conftest import randomize_norm_stats
+from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 # small images and few RoIs keep a ResNet-50 detector fast on one CPU core
 SMALL = dict(
@@ -372,8 +372,11 @@ def test_timm_pretrained_file_loads_and_freezes_like_torchvision(tmp_path):
     x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = reference.eval().forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
-        # frozen stages use FrozenBatchNorm2d: the same up to rounding
-        torch.testing.assert_close(body(x), expected, rtol=1e-5, atol=1e-5)
+        # frozen stages use FrozenBatchNorm2d (x * scale + shift instead of (x - mean) / std * w + b): the same
+        # function, rounded differently in each of resnet18's 20 norm layers, through 3x3x512 convolutions
+        actual = body(x)
+        tol = rounding_tolerance(expected, layers=20, fan_in=3 * 3 * 512)
+        assert all((a - e).abs().max().item() <= tol for a, e in zip(actual, expected, strict=True))
 
     # default 3 trainable units of 5 (stem, layer1..4): stem and layer1 frozen with frozen BN, SE still trains
     assert isinstance(body.bn1, FrozenBatchNorm2d) and isinstance(body.layer1[0].bn1, FrozenBatchNorm2d)

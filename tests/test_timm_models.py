@@ -5,7 +5,7 @@ import torch
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import has_se, se_modules, set_se_fused
 from se_plugins.models.resnet import base_architectures
-from tests.conftest import randomize_norm_stats
+from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 X = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
 
@@ -68,8 +68,11 @@ def test_seresnet50_weights_load_strictly_with_identical_outputs():
     reference = randomize_norm_stats(timm.create_model("seresnet50"))
     ours = timm.create_model("se_plugin_resnet50")
     ours.load_state_dict(reference.state_dict(), strict=True)
-    # the fused path (scale folded into the residual add) rounds differently; the plain path is bit-identical
-    torch.testing.assert_close(_outputs(ours), _outputs(reference), rtol=1e-4, atol=1e-4)
+    # the fused path (gate FCs as matmuls, scale folded into the residual add) rounds differently in each of the 16
+    # blocks, and that carries through resnet50's 53 conv layers (fan-in up to 3x3x512); the plain path is exact
+    expected = _outputs(reference)
+    tol = rounding_tolerance(expected, layers=53, fan_in=3 * 3 * 512)
+    assert all((a - e).abs().max().item() <= tol for a, e in zip(_outputs(ours), expected, strict=True))
     set_se_fused(ours, False)
     _assert_same(_outputs(ours), _outputs(reference), atol=0)
 
@@ -136,7 +139,9 @@ def test_se_checkpoints_load_through_pretrained(tmp_path):
     loaded = timm.create_model(
         "se_plugin_resnet50", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "seresnet50.pth"))
     )
-    torch.testing.assert_close(_outputs(loaded), _outputs(seresnet), rtol=1e-4, atol=1e-4)
+    expected = _outputs(seresnet)  # fused against timm's plain SEModule: rounding only, as above
+    tol = rounding_tolerance(expected, layers=53, fan_in=3 * 3 * 512)
+    assert all((a - e).abs().max().item() <= tol for a, e in zip(_outputs(loaded), expected, strict=True))
 
 
 def test_se_options_reach_the_model():
