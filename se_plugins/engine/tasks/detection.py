@@ -52,7 +52,7 @@ from se_plugins.detection import DETECTION_MODELS
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
 from se_plugins.engine.tasks.base import Task
-from se_plugins.engine.visualize import draw_detections, hstack_images, save_png
+from se_plugins.engine.visualize import add_legend, draw_detections, hstack_images, legend_entries, save_png
 from se_plugins.errors import ConfigError, SEPluginsError
 from se_plugins.timm_models import PREFIX as SE_PLUGIN_PREFIX
 
@@ -340,9 +340,10 @@ class DetectionTask(Task):
                 class_names=names,
                 score_threshold=self.cfg.eval.score_threshold,
             )
-            files.append(
-                save_png(hstack_images([truth, pred]), Path(out_dir) / f"{i:03d}_image{target['image_id']}.png")
-            )
+            shown = output["scores"] >= self.cfg.eval.score_threshold
+            legend = legend_entries([*target["labels"].tolist(), *output["labels"][shown].tolist()], names)
+            picture = add_legend(hstack_images([truth, pred]), legend)
+            files.append(save_png(picture, Path(out_dir) / f"{i:03d}_image{target['image_id']}.png"))
         return files
 
 
