@@ -23,7 +23,8 @@ def error_line(capsys) -> str:
 
 
 def test_every_repository_config_is_built_in_once():
-    repo = sorted((p.parent.name, p.stem) for p in (REPO / "configs").glob("*/*.yaml"))
+    root = REPO / "configs"
+    repo = sorted((p.parent.relative_to(root).as_posix(), p.stem) for p in root.rglob("*.yaml"))
     found = [(c.task, c.name) for c in builtin_configs()]
     assert found == repo and len(found) >= 12
     names = [c.name for c in builtin_configs()]
@@ -80,16 +81,20 @@ def test_missing_path_names_a_built_in_config_of_that_name(tmp_path, monkeypatch
 
 
 def test_a_name_in_two_task_folders_is_ambiguous(tmp_path, monkeypatch):
-    for task in ("classification", "detection"):
+    for task in ("classification", "detection", "detection/extra"):
         (tmp_path / "configs" / task).mkdir(parents=True)
         (tmp_path / "configs" / task / "demo.yaml").write_text(f"# The {task} demo.\ntask: {task}\n")
     monkeypatch.setattr(bc, "configs_dir", lambda: tmp_path / "configs")
-    with pytest.raises(ConfigError, match=r"^config name 'demo' is ambiguous: classification/demo, detection/demo$"):
+    with pytest.raises(ConfigError) as info:
         resolve_config("demo")
+    everywhere = "classification/demo, detection/demo, detection/extra/demo"
+    assert str(info.value) == f"config name 'demo' is ambiguous: {everywhere}"
     assert resolve_config("detection/demo") == tmp_path / "configs/detection/demo.yaml"
+    assert resolve_config("detection/extra/demo.yaml") == tmp_path / "configs/detection/extra/demo.yaml"
     assert [(c.task, c.description) for c in builtin_configs()] == [
         ("classification", "The classification demo."),
         ("detection", "The detection demo."),
+        ("detection/extra", "The detection/extra demo."),
     ]
 
 

@@ -63,7 +63,7 @@ def _run(args: list[str], target: Path, cwd: Path, timeout: float = 300) -> subp
 def test_wheel_holds_package_configs_and_metadata(wheel: Path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        configs = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").glob("*/*.yaml"))
+        configs = sorted(p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml"))
         assert len(configs) >= 12
         for rel in configs:
             member = f"se_plugins/configs/{rel.as_posix()}"

@@ -33,7 +33,7 @@ class BuiltinConfig:
     """One built-in config file."""
 
     name: str  # file stem, e.g. shapes_fasterrcnn_se_r18
-    task: str  # the folder it is in, e.g. detection
+    task: str  # the folder it is in, relative to the configs folder, e.g. detection
     path: Path  # the YAML file
     description: str  # first sentence of its header comment ('' if it has none)
 
@@ -48,8 +48,8 @@ def builtin_configs() -> list[BuiltinConfig]:
     root = configs_dir()
     if not root.is_dir():
         return []
-    found = sorted(root.glob("*/*.yaml"), key=lambda p: (p.parent.name, p.stem))
-    return [BuiltinConfig(p.stem, p.parent.name, p, describe(p)) for p in found]
+    found = [(p.parent.relative_to(root).as_posix(), p) for p in root.rglob("*.yaml")]
+    return [BuiltinConfig(p.stem, task, p, describe(p)) for task, p in sorted(found, key=lambda f: (f[0], f[1].stem))]
 
 
 def resolve_config(name_or_path: str | os.PathLike) -> Path:
