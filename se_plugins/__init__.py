@@ -8,7 +8,12 @@ from .errors import CheckpointError, ConfigError, DataError, SEPluginsError
 from .insert import SE_POSITIONS, SEResidualBlock, add_se, has_se, register_se_block, se_modules, set_se_fused
 from .layers import SE_INITS, SqueezeExcite
 
-__version__ = "0.1.0"
+try:  # the one source of the version: pyproject.toml, read back from the installed package's metadata
+    from importlib.metadata import version as _metadata_version
+
+    __version__ = _metadata_version("se-plugins")
+except ImportError:  # PackageNotFoundError: a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "SE_INITS",

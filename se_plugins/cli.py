@@ -1,11 +1,13 @@
-"""The ``se-plugins`` command line: train, check-data, eval, eval-results, make-shapes, benchmark.
+"""The ``se-plugins`` command line: train, check-data, eval, eval-results, configs, make-shapes, benchmark.
 
 Usage::
 
-    se-plugins train CONFIG [--set key=value ...] [--resume CKPT|auto [--resume-override]]
+    se-plugins train CONFIG [--set key=value ...] [--resume CKPT|auto [--resume-override]]   # CONFIG: file or name
     se-plugins check-data CONFIG [--set key=value ...] [--max-images N] [--samples N]
     se-plugins eval CONFIG --checkpoint CKPT [--set key=value ...] [--out JSON] [--vis N]
     se-plugins eval-results --annotations GT.json --results DT.json [--iou-type bbox|segm] [--out JSON]
+    se-plugins configs [NAME]                  # list the built-in configs, or print one (to copy and edit)
+    se-plugins --version
     se-plugins make-shapes OUT_DIR [--num-train N] [--num-val N] [--image-size S] [--seed S]
     se-plugins benchmark ...
     torchrun --nproc_per_node=N -m se_plugins.cli train CONFIG        # multi-GPU (DDP)
@@ -26,6 +28,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from se_plugins import __version__
 from se_plugins.errors import SEPluginsError
 
 PROG = "se-plugins"
@@ -50,10 +53,11 @@ DELEGATED: dict[str, tuple[str, str, str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser (delegated subcommands get their arguments when they run)."""
     parser = argparse.ArgumentParser(prog=PROG, description="Squeeze-and-Excitation plug-ins: train and evaluate.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a model from a YAML config")
-    train.add_argument("config", help="YAML config file (see configs/)")
+    train.add_argument("config", help="YAML config file, or a built-in config name (see: se-plugins configs)")
     _add_set(train)
     train.add_argument(
         "--resume", metavar="CKPT", help="continue from a last.pth ('auto': <output_dir>/last.pth if any)"
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint on the config's validation data")
-    ev.add_argument("config", help="YAML config file")
+    ev.add_argument("config", help="YAML config file, or a built-in config name")
     ev.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint (.pth) to evaluate")
     _add_set(ev)
     ev.add_argument("--out", metavar="JSON", help="metrics file (default: <checkpoint>.eval.json next to it)")
@@ -85,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--results", required=True, metavar="DT.json", help="COCO results (list of detections)")
     er.add_argument("--iou-type", default="bbox", choices=("bbox", "segm"), help="what to evaluate (default bbox)")
     er.add_argument("--out", metavar="JSON", help="also write the metrics to this JSON file")
+
+    cf = sub.add_parser("configs", help="list the built-in configs (or print one: se-plugins configs NAME)")
+    cf.add_argument("name", nargs="?", help="print this config's YAML (e.g. to copy it: ... NAME > my.yaml)")
 
     for name, (_, _, _, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)  # arguments parsed by the owning module
@@ -103,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             if args.command in DELEGATED:
                 return _run_delegated(args.command, rest)
-            commands = {"train": _train, "eval": _eval, "eval-results": _eval_results, "check-data": _check_data}
+            commands = {"train": _train, "eval": _eval, "eval-results": _eval_results, "check-data": _check_data,
+                "configs": _configs}
             return commands[args.command](args)
     except SEPluginsError as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
@@ -117,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from se_plugins.engine.builtin_configs import resolve_config
     from se_plugins.engine.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     from se_plugins.engine.distributed import cleanup_distributed
     from se_plugins.engine.logging import format_metrics
     from se_plugins.engine.trainer import Trainer
@@ -141,9 +150,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from se_plugins.engine.builtin_configs import resolve_config
     from se_plugins.engine.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     from se_plugins.atomic import atomic_write_bytes
     from se_plugins.engine.distributed import cleanup_distributed
     from se_plugins.engine.logging import format_metrics, strict_json
@@ -178,9 +188,10 @@ def _eval_results(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
+    from se_plugins.engine.builtin_configs import resolve_config
     from se_plugins.engine.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(resolve_config(args.config), args.overrides)
     from se_plugins.data.check import check_datasets, format_reports, write_figures
     from se_plugins.engine.tasks import build_task
 
@@ -194,6 +205,22 @@ def _check_data(args: argparse.Namespace) -> int:
     for path in files:
         print(f"wrote {path}")
     return 2 if any(r.num_errors for r in reports.values()) else 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    from se_plugins.engine.builtin_configs import builtin_configs, configs_dir, resolve_config
+
+    if args.name:
+        sys.stdout.write(resolve_config(args.name).read_text(encoding="utf-8"))
+        return 0
+    configs = builtin_configs()
+    width = max([len(c.name) for c in configs] + [4])
+    task_width = max([len(c.task) for c in configs] + [4])
+    print(f"{'name':{width}}  {'task':{task_width}}  description")
+    for c in configs:
+        print(f"{c.name:{width}}  {c.task:{task_width}}  {c.description}")
+    print(f"({len(configs)} configs in {configs_dir()}; use: {PROG} train NAME, {PROG} configs NAME > my.yaml)")
+    return 0
 
 
 def _run_delegated(command: str, rest: list[str]) -> int:

@@ -68,8 +68,8 @@ def test_train_writes_checkpoints_metrics_and_predictions(trained):
     assert {"pixel_acc", "mAcc", "IoU/background", "IoU/star"} <= set(evals[0])
     pngs = sorted((run / "predictions").glob("*.png"))
     assert len(pngs) == 4
-    with Image.open(pngs[0]) as im:  # image | ground truth | prediction, 4 px gaps
-        assert im.size == (3 * IMAGE_SIZE + 8, IMAGE_SIZE)
+    with Image.open(pngs[0]) as im:  # image | ground truth | prediction, 4 px gaps, upscaled 4x (>= 256 px), legend
+        assert im.size[0] == 3 * 4 * IMAGE_SIZE + 8 and im.size[1] > 4 * IMAGE_SIZE
 
 
 def _hand_predictions(checkpoint: Path, images: torch.Tensor) -> np.ndarray:

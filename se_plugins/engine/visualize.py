@@ -11,13 +11,15 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from se_plugins.atomic import atomic_write_bytes
@@ -201,6 +203,104 @@ def hstack_images(images: Sequence[torch.Tensor], gap: int = 4, fill: int = 255)
         out[:, : p.shape[1], x : x + p.shape[2]] = p
         x += p.shape[2] + gap
     return out
+
+
+MIN_PANEL_SIZE = 256
+"""Segmentation pictures: each panel is upscaled (an integer factor) until its shorter side is at least this."""
+
+LEGEND_FONT_SIZE = 12
+"""Text height of :func:`add_legend`, in pixels; the colour squares have the same side."""
+
+
+def upscale_factor(height: int, width: int, min_size: int = MIN_PANEL_SIZE) -> int:
+    """The smallest integer factor that makes the shorter side of a ``height x width`` picture >= ``min_size``."""
+    return max(1, math.ceil(min_size / max(1, min(height, width))))
+
+
+def upscale(image: torch.Tensor, factor: int, nearest: bool = False) -> torch.Tensor:
+    """Enlarge ``[C, H, W]`` or ``[H, W]`` by an integer ``factor``.
+
+    ``nearest=True`` (class masks): every pixel becomes a ``factor x factor`` block of the same value, dtype kept.
+    Otherwise (images): bilinear, returned as float in [0, 1] (uint8 input is read as 0..255).
+    """
+    if factor == 1:
+        return image
+    if nearest:
+        return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    x = image.detach().cpu().as_subclass(torch.Tensor)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return F.interpolate(x[None], scale_factor=factor, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
+
+
+def legend_entries(
+    labels: Iterable[int], class_names: Sequence[str] | None = None, first_label: int = 1
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(name, colour)`` of each distinct label, in label order, coloured as the drawing functions colour them.
+
+    Args:
+        labels: Labels present in a picture (repeats are fine).
+        class_names: Label ``k`` is named ``class_names[k - first_label]``; labels outside the list (or all labels
+            when None) are named by their number.
+        first_label: The label of ``class_names[0]``: 1 for detection names (no background), 0 for segmentation
+            names (background first).
+    """
+    entries = []
+    for label in sorted({int(v) for v in labels}):
+        i = label - first_label
+        name = class_names[i] if class_names is not None and 0 <= i < len(class_names) else str(label)
+        entries.append((name, class_color(label)))
+    return entries
+
+
+def mask_legend_entries(
+    masks: Iterable[torch.Tensor], class_names: Sequence[str] | None = None, ignore_index: int = 255
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """Legend of what :func:`draw_mask` draws for these class-index masks.
+
+    The classes present (background 0 is not drawn, so not listed) named by ``class_names`` (background first),
+    then ``("ignore", IGNORE_COLOR)`` if any pixel is ``ignore_index``.
+    """
+    values: set[int] = set()
+    for mask in masks:
+        values.update(int(v) for v in torch.as_tensor(mask).as_subclass(torch.Tensor).unique().tolist())
+    entries = legend_entries(sorted(values - {0, ignore_index}), class_names, first_label=0)
+    return entries + [("ignore", IGNORE_COLOR)] if ignore_index in values else entries
+
+
+def add_legend(
+    image: torch.Tensor, entries: Sequence[tuple[str, tuple[int, int, int]]], font_size: int = LEGEND_FONT_SIZE
+) -> torch.Tensor:
+    """``image`` with a white strip below it: a colour square and the name of each entry, rows as wide as the image.
+
+    Args:
+        image: ``[3, H, W]`` uint8, or float in [0, 1].
+        entries: ``(name, RGB colour)`` pairs, e.g. from :func:`legend_entries`.
+        font_size: Text height and square side in pixels.
+
+    Returns:
+        ``[3, H + strip, W]`` uint8 (the image unchanged when there are no entries). Each square is filled with the
+        exact colour, inside a one-pixel grey outline.
+    """
+    canvas = to_uint8(image)
+    if not entries:
+        return canvas
+    font = ImageFont.load_default(size=font_size)
+    pad, width = max(2, font_size // 3), canvas.shape[-1]
+    row = font_size + pad
+    places, x, y = [], pad, pad
+    for name, _ in entries:
+        advance = font_size + pad + math.ceil(font.getlength(name)) + 3 * pad
+        if x > pad and x + advance - 2 * pad > width:  # wrap to the next row
+            x, y = pad, y + row
+        places.append((x, y))
+        x += advance
+    strip = Image.new("RGB", (width, y + row), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for (name, color), (x, y) in zip(entries, places, strict=True):
+        draw.rectangle((x, y, x + font_size - 1, y + font_size - 1), fill=tuple(color), outline=(96, 96, 96))
+        top, bottom = font.getbbox(name)[1::2]
+        draw.text((x + font_size + pad, y + (font_size - top - bottom) / 2), name, fill=(0, 0, 0), font=font)
+    return torch.cat([canvas, torch.from_numpy(np.array(strip)).permute(2, 0, 1)], dim=1)
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> Path:

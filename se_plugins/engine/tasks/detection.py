@@ -57,7 +57,14 @@ from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
 from se_plugins.engine.tasks.base import Task
-from se_plugins.engine.visualize import draw_detections, hstack_images, render_image, save_png
+from se_plugins.engine.visualize import (
+    add_legend,
+    draw_detections,
+    hstack_images,
+    legend_entries,
+    render_image,
+    save_png,
+)
 from se_plugins.errors import ConfigError, SEPluginsError
 from se_plugins.models import PREFIX as SE_PLUGIN_PREFIX
 
@@ -383,9 +390,10 @@ class DetectionTask(Task):
                 class_names=names,
                 score_threshold=self.cfg.eval.score_threshold,
             )
-            files.append(
-                save_png(hstack_images([truth, pred]), Path(out_dir) / f"{i:03d}_image{target['image_id']}.png")
-            )
+            shown = output["scores"] >= self.cfg.eval.score_threshold
+            legend = legend_entries([*target["labels"].tolist(), *output["labels"][shown].tolist()], names)
+            picture = add_legend(hstack_images([truth, pred]), legend)
+            files.append(save_png(picture, Path(out_dir) / f"{i:03d}_image{target['image_id']}.png"))
         return files
 
 

@@ -382,8 +382,18 @@ class SegmentationTask(Task):
         return out
 
     def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
-        """PNGs of the first ``num`` validation images: image | ground truth | prediction (masks overlaid)."""
-        from se_plugins.engine.visualize import draw_mask, hstack_images, render_image, save_png
+        """PNGs of the first ``num`` validation images: image | ground truth | prediction (masks overlaid), legend."""
+        from se_plugins.engine.visualize import (
+            add_legend,
+            draw_mask,
+            hstack_images,
+            mask_legend_entries,
+            render_image,
+            save_png,
+            to_uint8,
+            upscale,
+            upscale_factor,
+        )
 
         files = []
         ignore, num_classes = self.cfg.loss.ignore_index, self.num_classes
@@ -391,9 +401,12 @@ class SegmentationTask(Task):
             image, mask = dataset[i]
             image = image.as_subclass(torch.Tensor)
             pred = self.predict(model, image)[0].argmax(0).cpu()
-            canvas = render_image(image)  # 8-bit RGB view of any channel count / intensity range
+            k = upscale_factor(*image.shape[-2:])  # small images: panels >= MIN_PANEL_SIZE, masks nearest-neighbour
+            canvas = to_uint8(upscale(render_image(image), k))  # 8-bit RGB view of any channel count / range
+            pred, mask = upscale(pred, k, nearest=True), upscale(mask.as_subclass(torch.Tensor), k, nearest=True)
             panels = [canvas, *(draw_mask(canvas, m, num_classes, ignore) for m in (mask, pred))]
-            files.append(save_png(hstack_images(panels), Path(out_dir) / f"{i:03d}_image_gt_pred.png"))
+            picture = add_legend(hstack_images(panels), mask_legend_entries([mask, pred], self.class_names, ignore))
+            files.append(save_png(picture, Path(out_dir) / f"{i:03d}_image_gt_pred.png"))
         return files
 
     # ------------------------------------------------------------------------------------------ helpers
