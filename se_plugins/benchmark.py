@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,6 +290,25 @@ def _timed(step: Callable, iters: int, device: torch.device) -> tuple[float, flo
     return (t1 - t0) / iters, (c1 - c0) / iters
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Keep the profiler's native log lines out of the output: they go to file descriptor 2, not ``sys.stderr``.
+
+    (``USDT ... profiler_start/stop``, an allocator warning, and ``ERROR ... gpuGetDeviceCount failed`` on a machine
+    without a GPU: nothing is wrong, and the benchmark's output is its table.)
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_bytes(step: Callable, device: torch.device) -> int:
     """Peak memory allocated by torch during one ``step`` above what was allocated before it.
 
@@ -305,7 +324,7 @@ def peak_memory_bytes(step: Callable, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"

@@ -296,3 +296,14 @@ def test_fused_keeps_the_plain_result_dtype_under_autocast(rng_input):
     # one block; the two forms differ only in the element-wise tail (bf16 multiply and add vs one addcmul)
     tol = rounding_tolerance(out_p, layers=2, fan_in=1, dtype=torch.bfloat16)
     assert (out_f - out_p).abs().max().item() <= tol
+
+
+def test_cpu_memory_measurement_prints_only_the_table():
+    """The profiler's native log lines (USDT, the CUDA device-count ERROR without a GPU) stay out of the output."""
+    cmd = [sys.executable, "-m", "se_plugins.benchmark", "--model", "se_plugin_resnet10t", "--mode", "train",
+           "--threads", "1", "--batch-size", "2", "--image-size", "64", "--repeats", "1", "--iters", "1",
+           "--warmup", "0", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0].startswith("classification | cpu")
+    assert "peak MiB" in done.stdout and "USDT" not in done.stdout and "ERROR" not in done.stdout
