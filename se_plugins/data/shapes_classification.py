@@ -6,8 +6,8 @@
     out_dir/val/<class>/val_000001.jpg
     out_dir/shapes.json                        generation parameters, written last
 
-Each image holds one large shape of its class (extent 40-65% of the image side, drawn last, so never occluded)
-on the same textured backgrounds as :func:`se_plugins.data.make_shapes`, plus up to ``max_distractors`` small
+Each image holds one large shape of its class (extent 50-75% of the image side, drawn last, so never occluded)
+on the same textured backgrounds as :func:`se_plugins.data.make_shapes`, plus up to ``max_distractors`` (1) small
 shapes of other classes (10-20%). Classes are balanced (image ``i`` has class ``i % 4``). The output is a pure
 function of the arguments (same seed, same bytes); a complete data set (its marker matches the arguments) is
 reused, and regenerating first removes this generator's own old image files, so no stale image stays behind.
@@ -41,7 +41,7 @@ from se_plugins.data.shapes import (
 
 _FORMAT_VERSION = 1
 _SPLITS = ("train", "val")
-_DOMINANT_SIZE = (0.40, 0.65)  # extent of the class shape, fraction of the shorter image side
+_DOMINANT_SIZE = (0.50, 0.75)  # extent of the class shape, fraction of the shorter image side
 _DISTRACTOR_SIZE = (0.10, 0.20)  # extent of the small shapes of other classes
 _SPLIT_SEED = 1000  # keeps these images' random streams apart from make_shapes' (which uses 0 and 1)
 
@@ -52,7 +52,7 @@ def make_shapes_classification(
     num_val: int = 100,
     image_size: int = 64,
     seed: int = 0,
-    max_distractors: int = 2,
+    max_distractors: int = 1,
     overwrite: bool = False,
 ) -> Path:
     """Write the shapes classification set under ``out_dir`` (see the module docstring); return its root.
