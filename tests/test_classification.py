@@ -239,3 +239,19 @@ def test_np_seed_independent_shapes(tmp_path):
     np.random.seed(456)
     b = make_shapes_classification(tmp_path / "b", num_train=4, num_val=0, image_size=SIZE)
     assert _files(a) == _files(b)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "classification").glob("*.yaml")))
+def test_classification_configs_load(name):
+    cfg = load_config(REPO / "configs" / "classification" / name)
+    task = ClassificationTask(cfg)
+    assert cfg.task == "classification" and task.model_name().removeprefix("se_plugin_") in ("resnet10t", "resnet50")
+    assert task.model_name().startswith("se_plugin_") == cfg.model.se.enabled
+
+
+def test_make_shapes_cli_classification_writes_the_same_set(tmp_path, capsys):
+    args = ["--num-train", "4", "--num-val", "2", "--image-size", str(SIZE), "--seed", "5", "--classification"]
+    assert main(["make-shapes", str(tmp_path / "cli"), *args]) == 0
+    assert f"train: {tmp_path / 'cli' / 'train'}" in capsys.readouterr().out
+    api = make_shapes_classification(tmp_path / "api", num_train=4, num_val=2, image_size=SIZE, seed=5)
+    assert _files(tmp_path / "cli") == _files(api)
