@@ -142,3 +142,21 @@ def test_cli_writes_png_and_json_with_the_api_numbers(tmp_path, capsys):
     assert main(["excitations", str(DEMO), "--checkpoint", str(ckpt), "--classes", "hexagon", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--classes: 'hexagon' is not a class" in err[0]
+
+
+TRAINED_DEMO = REPO / "runs" / "shapes_se_resnet10t" / "best.pth"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not TRAINED_DEMO.is_file() or not (REPO / "data" / "shapes_cls48" / "shapes.json").is_file(),
+    reason="needs the trained classification demo (se-plugins train configs/classification/shapes_se_resnet10t.yaml)",
+)
+def test_trained_demo_late_blocks_are_more_class_specific():
+    """The paper's observation, on the trained CPU demo: class spread grows from the first to the last block."""
+    from se_plugins.analysis import run_excitations
+
+    cfg = load_config(DEMO, ["data.num_workers=0"])
+    result = run_excitations(cfg, TRAINED_DEMO, REPO / "runs" / "shapes_se_resnet10t" / "excitations_test")
+    spread = [result.class_spread[b] for b in result.blocks]
+    assert spread[-1] > spread[0] and spread == sorted(spread)

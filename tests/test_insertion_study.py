@@ -59,6 +59,9 @@ def test_study_step0_identity_equals_base_exactly_and_random_differs(tmp_path):
     step0 = {arm: report["results"][arm]["0"]["curve"][0] for arm in tool.ARMS}
     assert step0["no_se"] == {"step": 0, **base_eval}
     assert step0["identity"] == step0["no_se"] and report["identity_equals_no_se_at_step0"] is True
+    versus = {arm: report["results"][arm]["0"]["step0_vs_base"] for arm in tool.ARMS}
+    assert versus["identity"] == versus["no_se"] == {"agreement": 1.0, "max_abs_logit_diff": 0.0}
+    assert versus["random"]["max_abs_logit_diff"] > 1e-3
 
     # the models themselves: identical logits for identity, different ones for random
     def logits(arm: str) -> torch.Tensor:
@@ -77,8 +80,8 @@ def test_study_step0_identity_equals_base_exactly_and_random_differs(tmp_path):
     assert rows["identity"]["step0"]["mean"] == base_eval["top1"] and rows["random"]["seeds"] == 1
     assert rows["no_se"]["final"]["mean"] == report["results"]["no_se"]["0"]["curve"][-1]["top1"]
     table = (out / "study.md").read_text()
-    assert table.splitlines()[0] == "| arm | seeds | top1 at step 0 | top1 after fine-tuning |"
-    assert f"| identity | 1 | {base_eval['top1']:.4f} ± 0.0000 |" in table
+    assert table.splitlines()[0].startswith("| arm | seeds | top1 at step 0 | top1 after fine-tuning |")
+    assert f"| identity | 1 | {base_eval['top1']:.4f} ± 0.0000 |" in table and "| 1.0000 | 0 |" in table
     assert (out / "study.png").stat().st_size > 10_000
     assert json.loads((out / "study.json").read_text())["metric"] == "top1"
     # a second run reuses the trained base

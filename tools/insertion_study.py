@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from se_plugins.atomic import atomic_write_text  # noqa: E402
-from se_plugins.engine.checkpoint import save_checkpoint  # noqa: E402
+from se_plugins.engine.checkpoint import load_model_weights, save_checkpoint  # noqa: E402
 from se_plugins.engine.config import apply_overrides, load_config  # noqa: E402
 from se_plugins.engine.trainer import Trainer, seed_everything  # noqa: E402
 from se_plugins.errors import SEPluginsError  # noqa: E402
@@ -99,12 +99,37 @@ def step0_model(cfg: DictConfig) -> torch.nn.Module:
     return trainer.task.build_model()
 
 
-def run_arm(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate one arm at step 0, fine-tune it, return its curve ``[(step, metrics), ...]``."""
+@torch.no_grad()
+def validation_logits(cfg: DictConfig, weights: Path) -> torch.Tensor:
+    """Logits ``[N, K]`` of the config's model with ``weights`` on the validation set (classification)."""
+    trainer = Trainer(cfg)
+    task = trainer.task
+    model = task.build_model()
+    load_model_weights(model, weights)
+    model.to(trainer.device).eval()
+    loader = task.build_val_loader(task.build_val_dataset(), distributed=False)
+    return torch.cat([task.predict(model, images).cpu() for images, _ in loader])
+
+
+def compare_logits(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """How far a model's validation logits are from the base model's: prediction agreement, max |difference|."""
+    return {
+        "agreement": float((logits.argmax(1) == reference.argmax(1)).double().mean()),
+        "max_abs_logit_diff": float((logits - reference).abs().max()),
+    }
+
+
+def run_arm(cfg: DictConfig, base_logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """Evaluate one arm at step 0, fine-tune it, return its curve ``[(step, metrics), ...]``.
+
+    With ``base_logits`` (the base model's validation logits) the step-0 model's logits are compared to them
+    (``step0_vs_base``: prediction agreement and max |logit difference|).
+    """
     out = Path(cfg.output_dir)
     model = step0_model(cfg)
     step0 = save_checkpoint({"model": model.state_dict()}, out / "step0.pth")
     metrics0 = Trainer(cfg).evaluate(step0)
+    versus = compare_logits(validation_logits(cfg, step0), base_logits) if base_logits is not None else None
     # fine-tune from exactly the evaluated step-0 weights (the random SE init included)
     ft_cfg = apply_overrides(cfg, [f"model.pretrained_backbone={step0}"])
     t0 = time.perf_counter()
@@ -114,7 +139,10 @@ def run_arm(cfg: DictConfig) -> dict[str, Any]:
     curve = [{"step": 0, **metrics0}] + [
         {k: v for k, v in r.items() if k != "type"} for r in records if r.get("type") == "eval"
     ]
-    return {"main_metric": trainer.task.main_metric, "curve": curve, "finetune_s": time.perf_counter() - t0}
+    result = {"main_metric": trainer.task.main_metric, "curve": curve, "finetune_s": time.perf_counter() - t0}
+    if versus is not None:
+        result["step0_vs_base"] = versus
+    return result
 
 
 def summarize(results: dict[str, dict[int, dict[str, Any]]], metric: str) -> list[dict[str, Any]]:
@@ -123,7 +151,11 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], metric: str) -> lis
     for arm, by_seed in results.items():
         start = [r["curve"][0][metric] for r in by_seed.values()]
         end = [r["curve"][-1][metric] for r in by_seed.values()]
-        rows.append({"arm": arm, "seeds": len(by_seed), "step0": _mean_std(start), "final": _mean_std(end)})
+        row = {"arm": arm, "seeds": len(by_seed), "step0": _mean_std(start), "final": _mean_std(end)}
+        if all("step0_vs_base" in r for r in by_seed.values()):
+            row["agreement"] = _mean_std([r["step0_vs_base"]["agreement"] for r in by_seed.values()])
+            row["max_abs_logit_diff"] = max(r["step0_vs_base"]["max_abs_logit_diff"] for r in by_seed.values())
+        rows.append(row)
     return rows
 
 
@@ -135,13 +167,17 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The summary as a Markdown table (mean ± sample std over seeds)."""
-    lines = [f"| arm | seeds | {metric} at step 0 | {metric} after fine-tuning |", "| --- | --- | --- | --- |"]
+    """The summary as a Markdown table (mean ± sample std over seeds; step-0 agreement with the base if known)."""
+    extra = all("agreement" in r for r in rows)
+    head = f"| arm | seeds | {metric} at step 0 | {metric} after fine-tuning |"
+    head += " step-0 predictions = base | step-0 max abs logit diff |" if extra else ""
+    lines = [head, "| --- " * (head.count("|") - 1) + "|"]
     for r in rows:
         s, f = r["step0"], r["final"]
-        lines.append(
-            f"| {r['arm']} | {r['seeds']} | {s['mean']:.4f} ± {s['std']:.4f} | {f['mean']:.4f} ± {f['std']:.4f} |"
-        )
+        line = f"| {r['arm']} | {r['seeds']} | {s['mean']:.4f} ± {s['std']:.4f} | {f['mean']:.4f} ± {f['std']:.4f} |"
+        if extra:
+            line += f" {r['agreement']['mean']:.4f} | {r['max_abs_logit_diff']:.4g} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -205,13 +241,15 @@ def run_study(
     t0 = time.perf_counter()
     weights = train_base(base_config(config, out, [*overrides, *base_overrides], base_epochs))
     base_s = time.perf_counter() - t0
+    base_cfg = base_config(config, out, [*overrides, *base_overrides], base_epochs)
+    base_logits = validation_logits(base_cfg, weights) if base_cfg.task == "classification" else None
     results: dict[str, dict[int, dict[str, Any]]] = {}
     metric = ""
     for arm in arms:
         for seed in seeds:
             logger.info(f"arm {arm}, seed {seed}")
             cfg = arm_config(config, out, [*overrides, *finetune_overrides], arm, seed, weights, finetune_epochs)
-            result = run_arm(cfg)
+            result = run_arm(cfg, base_logits)
             results.setdefault(arm, {})[seed] = result
             metric = result["main_metric"]
     rows = summarize(results, metric)
@@ -252,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("timm").setLevel(logging.WARNING)  # one "loaded weights" line per model build otherwise
     try:
         report = run_study(
             args.config,

@@ -310,7 +310,8 @@ class ClassificationTask(Task):
         return out
 
     def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
-        """One PNG grid of the first ``num`` validation images titled with true and predicted class."""
+        """One PNG grid of ``num`` validation images spread over the set (ImageFolder sorts them by class),
+        titled with the true and the predicted class and its probability."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -326,8 +327,9 @@ class ClassificationTask(Task):
         fig = Figure(figsize=(1.8 * cols, 2.0 * rows), dpi=100)
         FigureCanvasAgg(fig)
         mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        for i in range(num):
-            image, label = dataset[i]
+        picks = [round(j * (len(dataset) - 1) / max(num - 1, 1)) for j in range(num)]  # type: ignore[arg-type]
+        for i, index in enumerate(picks):
+            image, label = dataset[index]
             probs = self.predict(model, image[None]).softmax(1)[0].cpu()
             pred = int(probs.argmax())
             ax = fig.add_subplot(rows, cols, i + 1)
