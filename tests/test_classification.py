@@ -255,3 +255,39 @@ def test_make_shapes_cli_classification_writes_the_same_set(tmp_path, capsys):
     assert f"train: {tmp_path / 'cli' / 'train'}" in capsys.readouterr().out
     api = make_shapes_classification(tmp_path / "api", num_train=4, num_val=2, image_size=SIZE, seed=5)
     assert _files(tmp_path / "cli") == _files(api)
+
+
+def _ddp_eval_worker(rank: int, world_size: int, init_file: str, overrides: list[str], out_dir: str) -> None:
+    from se_plugins.engine.distributed import DistInfo
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        task = ClassificationTask(load_config(DEMO, overrides))
+        task.dist = DistInfo(rank=rank, world_size=world_size)
+        val = task.build_val_dataset()
+        loader = task.build_val_loader(val, distributed=True)
+        assert len(loader.sampler) < len(val)  # each rank sees a shard
+        torch.manual_seed(0)
+        model = task.build_model().eval()
+        with torch.no_grad():
+            torch.save(task.evaluate(model, loader, torch.device("cpu")), f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    overrides = [*tiny_overrides(tmp_path / "shapes", tmp_path / "run"), "data.shapes.num_val=9", "model.se.init=random"]
+    make_shapes_classification(tmp_path / "shapes", num_train=16, num_val=9, image_size=SIZE)
+    mp.spawn(_ddp_eval_worker, args=(2, str(tmp_path / "init"), overrides, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    task = ClassificationTask(load_config(DEMO, overrides))
+    val = task.build_val_dataset()
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        single = task.evaluate(model, task.build_val_loader(val, False), torch.device("cpu"))
+    assert rank0 == single and 0.0 < single["top1"] < 1.0
