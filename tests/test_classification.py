@@ -280,7 +280,11 @@ def _ddp_eval_worker(rank: int, world_size: int, init_file: str, overrides: list
 def test_ddp_evaluation_equals_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    overrides = [*tiny_overrides(tmp_path / "shapes", tmp_path / "run"), "data.shapes.num_val=9", "model.se.init=random"]
+    overrides = [
+        *tiny_overrides(tmp_path / "shapes", tmp_path / "run"),
+        "data.shapes.num_val=9",
+        "model.se.init=random",
+    ]
     make_shapes_classification(tmp_path / "shapes", num_train=16, num_val=9, image_size=SIZE)
     mp.spawn(_ddp_eval_worker, args=(2, str(tmp_path / "init"), overrides, str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
