@@ -160,3 +160,36 @@ def test_trained_demo_late_blocks_are_more_class_specific():
     result = run_excitations(cfg, TRAINED_DEMO, REPO / "runs" / "shapes_se_resnet10t" / "excitations_test")
     spread = [result.class_spread[b] for b in result.blocks]
     assert spread[-1] > spread[0] and spread == sorted(spread)
+
+
+def test_detection_and_segmentation_images_count_for_every_class_they_show(tmp_path):
+    from se_plugins.data import SHAPE_CATEGORY_IDS
+    from se_plugins.engine.tasks import build_task
+
+    common = ["data.shapes.num_train=2", "data.shapes.num_val=6", "data.shapes.image_size=64", "data.num_workers=0"]
+    runs = {
+        "detection/shapes_fasterrcnn_se_r18.yaml": ["model.min_size=64", "model.max_size=64", "eval.batch_size=4"],
+        "segmentation/shapes_unet_se_r18.yaml": [
+            "model.kwargs.encoder_depth=3",
+            "model.kwargs.decoder_channels=[16,8,8]",
+            "data.image_size=null",
+            "eval.batch_size=4",
+        ],
+    }
+    labels = {}
+    for name, extra in runs.items():
+        cfg = load_config(REPO / "configs" / name, [f"data.root={tmp_path / 'shapes'}", *common, *extra])
+        task = build_task(cfg)
+        model = task.build_model()  # identity SE
+        result = collect_excitations(task, model, task.build_val_loader(task.build_val_dataset(), False))
+        assert result.class_names == ["circle", "square", "triangle", "star"]  # background is not a class
+        assert all(v == 0.0 for v in result.distance_from_identity.values())
+        labels[name] = result
+    coco = json.loads((tmp_path / "shapes" / "coco" / "annotations" / "instances_val.json").read_text())
+    expected = [
+        sorted({SHAPE_CATEGORY_IDS.index(a["category_id"]) for a in coco["annotations"] if a["image_id"] == img["id"]})
+        for img in sorted(coco["images"], key=lambda i: i["id"])
+    ]
+    det, seg = labels.values()
+    counts = [sum(k in e for e in expected) for k in range(4)] + [len(expected)]
+    assert det.counts.tolist() == counts and seg.counts.tolist() == counts
