@@ -1,4 +1,5 @@
-"""The ``se-plugins`` command line: train, check-data, eval, eval-results, configs, make-shapes, benchmark.
+"""The ``se-plugins`` command line: train, check-data, eval, eval-results, configs, make-shapes, benchmark,
+excitations.
 
 Usage::
 
@@ -10,6 +11,7 @@ Usage::
     se-plugins --version
     se-plugins make-shapes OUT_DIR [--num-train N] [--num-val N] [--image-size S] [--seed S]
     se-plugins benchmark ...
+    se-plugins excitations CONFIG --checkpoint CKPT [--blocks B ...] [--classes C ...] [--out DIR]
     torchrun --nproc_per_node=N -m se_plugins.cli train CONFIG        # multi-GPU (DDP)
 
 Bad input (config, checkpoint, data) ends with one line ``se-plugins: error: <message>`` and exit code 2; warnings
@@ -45,6 +47,12 @@ DELEGATED: dict[str, tuple[str, str, str, str]] = {
         "add_arguments",
         "run",
         "measure speed/memory of SE vs. baseline models",
+    ),
+    "excitations": (
+        "se_plugins.analysis",
+        "add_arguments",
+        "run_cli",
+        "per-class SE gate statistics over the validation set and the paper's excitation plot",
     ),
 }
 """Subcommands whose arguments and implementation live in another module: (module, add_args, run, help)."""

@@ -142,7 +142,7 @@ def test_every_schema_key_is_documented():
 
 
 def test_task_registry_resolves_lazily():
-    assert set(TASKS) == {"detection", "segmentation"}
+    assert set(TASKS) == {"detection", "segmentation", "classification"}
     assert all(":" in path for path in TASKS.values())
     assert get_task_class("toy_task:ToyTask") is ToyTask
     with pytest.raises(ConfigError, match=r"task: 'nope' is not one of detection, segmentation"):

@@ -455,11 +455,24 @@ def add_make_shapes_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--min-shapes", type=int, default=1, help="fewest shapes per image (default 1)")
     parser.add_argument("--max-shapes", type=int, default=4, help="most shapes per image (default 4)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if already complete")
+    parser.add_argument(
+        "--classification",
+        action="store_true",
+        help="write the classification set instead (one dominant shape per image, OUT_DIR/{train,val}/<class>/)",
+    )
     return parser
 
 
 def run_make_shapes(args: argparse.Namespace) -> int:
     """Run ``se-plugins make-shapes`` from parsed arguments; print where the data went; return 0."""
+    if getattr(args, "classification", False):
+        from se_plugins.data.shapes_classification import make_shapes_classification
+
+        root = make_shapes_classification(
+            args.out_dir, args.num_train, args.num_val, args.image_size, args.seed, overwrite=args.overwrite
+        )
+        print(f"train: {root / 'train'}\nval: {root / 'val'}")
+        return 0
     paths = make_shapes(
         args.out_dir,
         num_train=args.num_train,

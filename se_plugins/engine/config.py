@@ -46,6 +46,7 @@ class ModelConfig:
     """Which model the task builds."""
 
     name: str = "fasterrcnn_se_resnet50_fpn"  # builder, e.g. fasterrcnn_se_resnet50_fpn, se_unet
+    # classification: a timm model name (resnet50, se_plugin_resnet50, convnext_tiny...)
     backbone: str | None = None  # backbone/encoder name for builders taking one (e.g. se_plugin_resnet18)
     num_classes: int | None = None  # classes incl. background for detection; null = taken from the data
     pretrained_backbone: str | None = None  # local backbone weights file (no downloads); null = random
@@ -70,7 +71,7 @@ class ShapesConfig:
 class DataConfig:
     """Where the data is and how it is loaded."""
 
-    format: str = "coco"  # "coco" | "voc" | "shapes" (built-in synthetic data, see data.shapes)
+    format: str = "coco"  # "coco" | "voc" | "shapes" (built-in synthetic data, see data.shapes) | "imagefolder"
     root: str | None = None  # VOC root (e.g. VOCdevkit/VOC2007), COCO root, or shapes output folder
     train_images: str | None = None  # COCO: training image folder (relative paths are relative to root)
     train_annotations: str | None = None  # COCO: training instances JSON
@@ -82,8 +83,11 @@ class DataConfig:
     voc_coordinates: str = "1-based"  # VOC XML boxes: "1-based" (the VOC devkit) | "0-based" (many export tools)
     keep_background_category: bool = False  # COCO: keep a category named like "_background_" as a class
     image_size: int | None = None  # segmentation: resize images to this square side; null = keep size
+    # classification: the model's input side (default 224)
     crop_size: int | None = None  # segmentation: random crop side for training; null = no crop
     hflip_prob: float = 0.5  # probability of a horizontal flip during training
+    crop_pct: float = 0.875  # classification eval: resize to image_size / crop_pct, then center crop
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # classification: RandomResizedCrop area
     keep_empty: bool = False  # detection: keep training images without any box
     skip_bad_images: bool = False  # skip unreadable images with a warning instead of failing
     num_workers: int = 2  # DataLoader worker processes per training process
@@ -146,13 +150,14 @@ class LossConfig:
     ignore_index: int = 255  # label value ignored by loss and metric
     focal_gamma: float = 2.0  # focal loss focusing parameter
     dice_weight: float = 1.0  # weight of the dice term in "ce+dice"
+    label_smoothing: float = 0.0  # classification: cross-entropy label smoothing (timm's recipes: 0.1)
 
 
 @dataclass
 class Config:
     """A complete run: task, model, data, training, evaluation, loss."""
 
-    task: str = "detection"  # "detection" | "segmentation" | "package.module:TaskClass"
+    task: str = "detection"  # "detection" | "segmentation" | "classification" | "package.module:TaskClass"
     output_dir: str = "runs/exp"  # run directory: config, metrics, checkpoints, curves, predictions
     seed: int = 0  # random seed (each DDP rank adds its rank)
     device: str = "auto"  # "auto" (CUDA when available) | "cpu" | "cuda" | "cuda:N"
@@ -166,7 +171,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.se.position": ("standard", "pre", "post", "identity"),
     "model.se.init": ("identity", "random"),
-    "data.format": ("coco", "voc", "shapes"),
+    "data.format": ("coco", "voc", "shapes", "imagefolder"),
     "data.voc_coordinates": ("1-based", "0-based"),
     "data.alpha": ("blend_black", "blend_white", "drop", "keep"),
     "data.intensity": ("auto", "percentile", "range"),
@@ -280,6 +285,13 @@ def validate_config(cfg: DictConfig, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key}: must be >= {low:g}, got {value}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"{source}: train.lr: must be > 0, got {cfg.train.lr}")
+    if not 0 < cfg.data.crop_pct <= 1:
+        raise ConfigError(f"{source}: data.crop_pct: must be in (0, 1], got {cfg.data.crop_pct}")
+    scale = list(cfg.data.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"{source}: data.crop_scale: expected [low, high] with 0 < low <= high <= 1, got {scale}")
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        raise ConfigError(f"{source}: loss.label_smoothing: must be in [0, 1), got {cfg.loss.label_smoothing}")
     if any(m < 1 for m in cfg.train.milestones):
         raise ConfigError(f"{source}: train.milestones: epochs must be >= 1, got {list(cfg.train.milestones)}")
     if not cfg.task or not re.fullmatch(r"[\w.]+(:\w+)?", cfg.task):

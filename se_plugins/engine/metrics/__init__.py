@@ -1,8 +1,9 @@
-"""Evaluation metrics: COCO mAP (pycocotools / faster-coco-eval), VOC mAP and segmentation mIoU.
+"""Evaluation metrics: COCO mAP (pycocotools / faster-coco-eval), VOC mAP, segmentation mIoU, top-k accuracy.
 
 The public names are re-exported by :mod:`se_plugins.engine.evaluation`.
 """
 
+from .classification import ClassificationMetric, save_confusion_matrix_png
 from .coco import (
     COCO_BACKENDS,
     COCO_STAT_NAMES,
@@ -18,6 +19,7 @@ from .voc import VOCEvaluator, voc_ap
 __all__ = [
     "COCO_BACKENDS",
     "COCO_STAT_NAMES",
+    "ClassificationMetric",
     "CocoEvaluator",
     "SegmentationMetric",
     "VOCEvaluator",
@@ -25,5 +27,6 @@ __all__ = [
     "detections_to_coco_results",
     "evaluate_coco_files",
     "format_coco_stats",
+    "save_confusion_matrix_png",
     "voc_ap",
 ]

@@ -1,8 +1,8 @@
 """Task registry: config ``task`` name → ``Task`` subclass, imported only when used.
 
-``task: detection`` and ``task: segmentation`` name the built-in tasks; any other value of the form
-``package.module:ClassName`` imports that class (it must subclass ``Task``), so users can plug in their own
-task without touching this package. A missing or broken task module fails only when that task is used.
+``task: detection``, ``task: segmentation`` and ``task: classification`` name the built-in tasks; any other
+value of the form ``package.module:ClassName`` imports that class (it must subclass ``Task``), so users can plug
+in their own task without touching this package. A missing or broken task module fails only when that task is used.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from se_plugins.errors import ConfigError
 TASKS: dict[str, str] = {
     "detection": "se_plugins.engine.tasks.detection:DetectionTask",
     "segmentation": "se_plugins.engine.tasks.segmentation:SegmentationTask",
+    "classification": "se_plugins.engine.tasks.classification:ClassificationTask",
 }
 """Built-in task names and the ``module:Class`` import path each resolves to."""
 
