@@ -86,11 +86,8 @@ class SqueezeExcite(nn.Module):
         The FC layers run as matrix products on the pooled ``(N, C)`` vector: the 1x1 convolutions' result up to
         float rounding, at about half their cost (these products are tiny; a convolution call has more overhead).
         """
-        return self.excite(x.mean((2, 3)))
-
-    def excite(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The gate ``(N, C, 1, 1)`` from the squeezed ``(N, C)`` vector (the channel means of the input)."""
-        s = self.act(nn.functional.linear(pooled, self.fc1.weight.flatten(1), self.fc1.bias))
+        s = x.mean((2, 3))
+        s = self.act(nn.functional.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))
         s = nn.functional.linear(s, self.fc2.weight.flatten(1), self.fc2.bias)
         return (torch.sigmoid(s) * self.gate_gain)[:, :, None, None]
 

@@ -113,8 +113,6 @@ def add_se(
         block.se = se
         block.se_position = position
         block.se_fused = fused
-        if adapter.prepare is not None:
-            adapter.prepare(block)
     return model
 
 

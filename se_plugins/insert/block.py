@@ -11,8 +11,6 @@ The forward is written for every way a model is run: eager, ``torch.compile`` / 
 attribute types from the values.
 """
 
-from typing import Optional, Tuple  # noqa: UP035 (TorchScript reads typing's forms)
-
 import torch
 
 SE_POSITIONS = ("standard", "pre", "post", "identity")
@@ -42,8 +40,7 @@ class SEResidualBlock:
 
     With ``se_fused`` (default) the standard position folds the channel scale into the residual add
     (``shortcut + branch * gate`` in one ``addcmul``), so the scaled branch is never materialised; with autograd off
-    (eager or TorchScript) the result is written into the branch output, as timm's ``x += shortcut`` does. Blocks
-    that can squeeze more cheaply than by reading their output say so in ``residual_and_pooled``.
+    (eager or TorchScript) the result is written into the branch output, as timm's ``x += shortcut`` does.
 
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
@@ -54,14 +51,6 @@ class SEResidualBlock:
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - defined by each block class
         raise NotImplementedError
-
-    def residual_and_pooled(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:  # noqa: UP006, UP045
-        """The branch output and, where the block can compute them more cheaply, its ``(N, C)`` channel means.
-
-        Default: no means (the squeeze reads the branch output). Bottlenecks pool their narrow tensor instead
-        (:mod:`se_plugins.insert.narrow_squeeze`).
-        """
-        return self.residual(x), None
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         """The block's shortcut path (default: ``downsample`` when the block has one)."""
@@ -79,19 +68,15 @@ class SEResidualBlock:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
-        if self.se_position == "standard" and self.se_fused and not self.drop_path_active():
-            out, pooled = self.residual_and_pooled(x)
-            if pooled is None:
-                gate = self.se.gate(out)
-            else:
-                gate = self.se.excite(pooled)
-            if _can_write_in_place(out, shortcut, gate):
-                return self.final_act(torch.addcmul(shortcut, out, gate, out=out))
-            return self.final_act(torch.addcmul(shortcut, out, gate))
         if self.se_position == "pre":
             x = self.se(x)
         out = self.residual(x)
         if self.se_position == "standard":
+            if self.se_fused and not self.drop_path_active():
+                gate = self.se.gate(out)
+                if _can_write_in_place(out, shortcut, gate):
+                    return self.final_act(torch.addcmul(shortcut, out, gate, out=out))
+                return self.final_act(torch.addcmul(shortcut, out, gate))
             out = self.se(out)
         elif self.se_position == "identity":
             shortcut = self.se(shortcut)

@@ -30,7 +30,6 @@ class SEAdapter:
         positions: The positions this family supports.
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
-        prepare: ``prepare(block)``, called once after SE went in (e.g. to record what the forward may shortcut).
     """
 
     se_class: type[nn.Module]
@@ -38,7 +37,6 @@ class SEAdapter:
     positions: tuple[str, ...] = SE_POSITIONS
     stage: Callable[[str], int | None] = stage_from_layer_name
     description: str = ""
-    prepare: Callable[[nn.Module], None] | None = None
 
 
 _ADAPTERS: dict[type[nn.Module], SEAdapter] = {}
@@ -64,7 +62,6 @@ def register_se_block(
     positions: tuple[str, ...] = SE_POSITIONS,
     stage: Callable[[str], int | None] = stage_from_layer_name,
     description: str = "",
-    prepare: Callable[[nn.Module], None] | None = None,
 ) -> SEAdapter:
     """Make :func:`se_plugins.add_se` put SE into every ``block_class`` module (yours too).
 
@@ -76,7 +73,6 @@ def register_se_block(
         positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
-        prepare: Optional ``prepare(block)`` called once after SE went in.
 
     Returns:
         The registered adapter.
@@ -96,7 +92,7 @@ def register_se_block(
     unknown = set(positions) - set(SE_POSITIONS)
     if not positions or unknown:
         raise ValueError(f"register_se_block: positions must be a non-empty subset of {SE_POSITIONS}, got {positions}")
-    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__, prepare)
+    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__)
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter
     return adapter

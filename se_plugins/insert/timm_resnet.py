@@ -4,7 +4,6 @@ import torch
 from timm.models import resnet as timm_resnet
 
 from .block import SEResidualBlock
-from .narrow_squeeze import NarrowSqueezeBottleneck, prepare_narrow_squeeze
 from .registry import conv_channels, register_se_block
 
 
@@ -31,12 +30,13 @@ class SETimmBasicBlock(_TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
         return self.act2(x)
 
 
-class SETimmBottleneck(_TimmDropPath, NarrowSqueezeBottleneck, SEResidualBlock, timm_resnet.Bottleneck):
-    """timm ``Bottleneck`` with SE (squeezed from conv3's input where the norm allows it)."""
+class SETimmBottleneck(_TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
+    """timm ``Bottleneck`` with SE."""
 
-    def branch_input(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
-        return self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
+        return self.bn3(self.conv3(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.act3(x)
@@ -46,9 +46,5 @@ register_se_block(
     timm_resnet.BasicBlock, SETimmBasicBlock, channels=conv_channels("conv2"), description="timm ResNet BasicBlock"
 )
 register_se_block(
-    timm_resnet.Bottleneck,
-    SETimmBottleneck,
-    channels=conv_channels("conv3"),
-    prepare=prepare_narrow_squeeze,
-    description="timm ResNet Bottleneck",
+    timm_resnet.Bottleneck, SETimmBottleneck, channels=conv_channels("conv3"), description="timm ResNet Bottleneck"
 )

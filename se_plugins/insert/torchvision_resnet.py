@@ -4,7 +4,6 @@ import torch
 import torchvision.models.resnet as tv_resnet
 
 from .block import SEResidualBlock
-from .narrow_squeeze import NarrowSqueezeBottleneck, prepare_narrow_squeeze
 from .registry import conv_channels, register_se_block
 
 
@@ -18,12 +17,13 @@ class SETorchvisionBasicBlock(SEResidualBlock, tv_resnet.BasicBlock):
         return self.relu(x)
 
 
-class SETorchvisionBottleneck(NarrowSqueezeBottleneck, SEResidualBlock, tv_resnet.Bottleneck):
-    """torchvision ``Bottleneck`` with SE (squeezed from conv3's input where the norm allows it)."""
+class SETorchvisionBottleneck(SEResidualBlock, tv_resnet.Bottleneck):
+    """torchvision ``Bottleneck`` with SE."""
 
-    def branch_input(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x)
@@ -39,6 +39,5 @@ register_se_block(
     tv_resnet.Bottleneck,
     SETorchvisionBottleneck,
     channels=conv_channels("conv3"),
-    prepare=prepare_narrow_squeeze,
     description="torchvision ResNet Bottleneck (also Faster R-CNN backbones, smp ResNet encoders)",
 )
