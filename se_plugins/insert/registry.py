@@ -30,6 +30,7 @@ class SEAdapter:
         positions: The positions this family supports.
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
+        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``).
     """
 
     se_class: type[nn.Module]
@@ -37,6 +38,7 @@ class SEAdapter:
     positions: tuple[str, ...] = SE_POSITIONS
     stage: Callable[[str], int | None] = stage_from_layer_name
     description: str = ""
+    num_stages: int = 4
 
 
 _ADAPTERS: dict[type[nn.Module], SEAdapter] = {}
@@ -62,6 +64,7 @@ def register_se_block(
     positions: tuple[str, ...] = SE_POSITIONS,
     stage: Callable[[str], int | None] = stage_from_layer_name,
     description: str = "",
+    num_stages: int = 4,
 ) -> SEAdapter:
     """Make :func:`se_plugins.add_se` put SE into every ``block_class`` module (yours too).
 
@@ -73,6 +76,7 @@ def register_se_block(
         positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
+        num_stages: How many stages the family has (ResNets: 4).
 
     Returns:
         The registered adapter.
@@ -92,7 +96,7 @@ def register_se_block(
     unknown = set(positions) - set(SE_POSITIONS)
     if not positions or unknown:
         raise ValueError(f"register_se_block: positions must be a non-empty subset of {SE_POSITIONS}, got {positions}")
-    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__)
+    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__, num_stages)
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter
     return adapter
