@@ -3,13 +3,20 @@
 Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's
 ResNet encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE
-(MobileNetV2) and torchvision's MobileNetV2 ``InvertedResidual``. A block gets SE by switching its class to an SE
-subclass (module-level, so models stay picklable, scriptable, traceable, compilable and exportable) and adding the
-submodule ``se``: existing state-dict keys never change. :func:`register_se_block` makes a user's own block class
-supported.
+(MobileNetV2), torchvision's MobileNetV2 ``InvertedResidual`` and the RegNetX blocks of timm and torchvision. A
+block gets SE by switching its class to an SE subclass (module-level, so models stay picklable, scriptable,
+traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never change.
+:func:`register_se_block` makes a user's own block class supported.
 """
 
-from . import timm_mobilenet, timm_resnet, torchvision_mobilenet, torchvision_resnet  # noqa: F401  (the adapters)
+from . import (  # noqa: F401  (register the adapters)
+    timm_mobilenet,
+    timm_regnet,
+    timm_resnet,
+    torchvision_mobilenet,
+    torchvision_regnet,
+    torchvision_resnet,
+)
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused
 from .block import SE_POSITIONS, SEResidualBlock
 from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks

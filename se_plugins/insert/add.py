@@ -31,15 +31,17 @@ def iter_residual_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int
         yield name, block, stage
 
 
-def _block_has_se(block: nn.Module) -> bool:
-    # timm's efficientnet-builder blocks keep an empty SE slot (``se = nn.Identity()``) when built without SE
+def _block_has_se(block: nn.Module, adapter: SEAdapter) -> bool:
+    # timm's efficientnet-builder and RegNet blocks keep an empty SE slot (``se = nn.Identity()``) without SE
     se = getattr(block, "se", None)
-    return isinstance(block, SEResidualBlock) or (se is not None and not isinstance(se, nn.Identity))
+    if isinstance(block, SEResidualBlock) or (se is not None and not isinstance(se, nn.Identity)):
+        return True
+    return adapter.builtin_se is not None and adapter.builtin_se(block)
 
 
 def has_se(model: nn.Module) -> bool:
     """Whether any supported block of ``model`` already has an SE module."""
-    return any(_block_has_se(block) for _, block, _ in iter_se_blocks(model))
+    return any(_block_has_se(block, adapter) for _, block, adapter in iter_se_blocks(model))
 
 
 def _check_stages(stages: Iterable[int] | None, num_stages: int = 4) -> set[int] | None:
@@ -90,6 +92,8 @@ def add_se(
         raise ValueError(f"add_se: position must be one of {SE_POSITIONS}, got {position!r}")
     if init not in SE_INITS:
         raise ValueError(f"add_se: init must be one of {SE_INITS}, got {init!r}")
+    if not reduction > 0:
+        raise ValueError(f"add_se: reduction must be > 0, got {reduction!r}")
     blocks = list(iter_se_blocks(model))
     if not blocks:
         raise ValueError(
@@ -97,7 +101,7 @@ def add_se(
         )
     chosen = _check_stages(stages, max(adapter.num_stages for _, _, adapter in blocks))
     for name, block, adapter in blocks:
-        if _block_has_se(block):
+        if _block_has_se(block, adapter):
             raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")
         if position not in adapter.positions:
             raise ValueError(
@@ -112,7 +116,9 @@ def add_se(
         if chosen is not None and adapter.stage(name) not in chosen:
             continue
         ref = next(block.parameters())
-        se = SqueezeExcite(adapter.channels(block, position), reduction, init=init, device=ref.device, dtype=ref.dtype)
+        hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
+        dd = {"device": ref.device, "dtype": ref.dtype}
+        se = SqueezeExcite(adapter.channels(block, position), reduction, hidden_channels=hidden, init=init, **dd)
         block.__class__ = adapter.se_class
         block.se = se
         block.se_position = position
