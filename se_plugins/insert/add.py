@@ -23,11 +23,15 @@ def iter_se_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, SEAdapter
 
 
 def iter_residual_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
-    """Yield ``(qualified name, block, stage)`` for every supported block; stage 1..4 from ``layerN``."""
+    """Yield ``(qualified name, block, stage)`` for every supported block; the stage (1-based) from its name.
+
+    Raises:
+        ValueError: a block whose family has no stages in its names (torchvision's flat MobileNetV2).
+    """
     for name, block, adapter in iter_se_blocks(model):
         stage = adapter.stage(name)
         if stage is None:
-            raise ValueError(f"add_se: cannot tell the stage of block {name!r} (expected it under 'layerN')")
+            raise ValueError(f"add_se: cannot tell the stage of block {name!r} ({adapter.description})")
         yield name, block, stage
 
 
