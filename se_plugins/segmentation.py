@@ -38,7 +38,7 @@ from segmentation_models_pytorch.encoders.resnet import resnet_encoders as smp_r
 from torch import nn
 
 from .errors import SEPluginsError
-from .insert import SEPosition, add_se, has_se, iter_residual_blocks, se_modules
+from .insert import SEPosition, add_se, has_se, iter_se_blocks, se_modules
 from .layers import SE_INITS, SEInit, SqueezeExcite
 from .models import PREFIX
 
@@ -47,8 +47,9 @@ __all__ = ["SEGMENTATION_MODELS", "SEUnet", "add_decoder_se", "decoder_se_module
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 TIMM_PREFIX = "tu-"
 SUPPORTED_ENCODERS = (
-    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), 'tu-<timm ResNet family>' (tu-resnet50d, "
-    "tu-resnext50_32x4d, tu-wide_resnet50_2, ...) and 'tu-se_plugin_<arch>' (SE built in)"
+    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'tu-<timm ResNet family>' "
+    "(tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', 'tu-regnetx_*', "
+    "'tu-mobilenetv2_*' and 'tu-se_plugin_<arch>' (SE built in)"
 )
 
 
@@ -279,11 +280,11 @@ def _build_unet(
 
 
 def _add_encoder_se(caller: str, model: smp.Unet, encoder_name: str, **se_options: Any) -> None:
-    if next(iter_residual_blocks(model.encoder), None) is None:
+    if next(iter_se_blocks(model.encoder), None) is None:
         # a timm encoder with encoder_depth=1 keeps only its stem: nothing to add if the full encoder is fine
         with torch.device("meta"):
             probe = get_encoder(encoder_name, weights=None)
-        if next(iter_residual_blocks(probe), None) is None:
+        if next(iter_se_blocks(probe), None) is None:
             raise SEPluginsError(
                 f"{caller}: encoder {encoder_name!r} has no residual block to put SE into (se_encoder=True); "
                 f"supported encoders: {SUPPORTED_ENCODERS}"

@@ -20,9 +20,10 @@ if [[ $all == 1 ]]; then
   models=$(python -c "import timm, se_plugins; print(' '.join(timm.list_models('se_plugin_*')))")
   markers=()
 else
-  # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur
+  # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur; then one of each other family
   models="se_plugin_resnet18 se_plugin_resnet50 se_plugin_resnet26d se_plugin_resnet10t se_plugin_resnext50_32x4d
-          se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18"
+          se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18
+          se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002"
   markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 fi
 selection=""

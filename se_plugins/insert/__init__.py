@@ -1,13 +1,23 @@
 """Insert Squeeze-and-Excitation into existing models: :func:`add_se` and one adapter per block family.
 
-Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants)
-and torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's
-ResNet encoders). A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
+Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
+torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
+encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
+torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
+ResNet-V2 blocks. A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
 scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
 change. :func:`register_se_block` makes a user's own block class supported.
 """
 
-from . import timm_resnet, torchvision_resnet  # noqa: F401  (register the adapters)
+from . import (  # noqa: F401  (register the adapters)
+    timm_mobilenet,
+    timm_regnet,
+    timm_resnet,
+    timm_resnetv2,
+    torchvision_mobilenet,
+    torchvision_regnet,
+    torchvision_resnet,
+)
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused
 from .block import SE_POSITIONS, SEResidualBlock
 from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks

@@ -23,29 +23,39 @@ def iter_se_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, SEAdapter
 
 
 def iter_residual_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int]]:
-    """Yield ``(qualified name, block, stage)`` for every supported block; stage 1..4 from ``layerN``."""
+    """Yield ``(qualified name, block, stage)`` for every supported block; the stage (1-based) from its name.
+
+    Raises:
+        ValueError: a block whose family has no stages in its names (torchvision's flat MobileNetV2).
+    """
     for name, block, adapter in iter_se_blocks(model):
         stage = adapter.stage(name)
         if stage is None:
-            raise ValueError(f"add_se: cannot tell the stage of block {name!r} (expected it under 'layerN')")
+            raise ValueError(f"add_se: cannot tell the stage of block {name!r} ({adapter.description})")
         yield name, block, stage
 
 
-def _block_has_se(block: nn.Module) -> bool:
-    return isinstance(block, SEResidualBlock) or getattr(block, "se", None) is not None
+def _block_has_se(block: nn.Module, adapter: SEAdapter) -> bool:
+    # timm's efficientnet-builder and RegNet blocks keep an empty SE slot (``se = nn.Identity()``) without SE
+    se = getattr(block, "se", None)
+    if isinstance(block, SEResidualBlock) or (se is not None and not isinstance(se, nn.Identity)):
+        return True
+    return adapter.builtin_se is not None and adapter.builtin_se(block)
 
 
 def has_se(model: nn.Module) -> bool:
     """Whether any supported block of ``model`` already has an SE module."""
-    return any(_block_has_se(block) for _, block, _ in iter_se_blocks(model))
+    return any(_block_has_se(block, adapter) for _, block, adapter in iter_se_blocks(model))
 
 
-def _check_stages(stages: Iterable[int] | None) -> set[int] | None:
+def _check_stages(stages: Iterable[int] | None, num_stages: int = 4) -> set[int] | None:
     if stages is None:
         return None
     chosen = set(stages)
-    if not chosen or not chosen <= {1, 2, 3, 4} or not all(isinstance(s, int) for s in chosen):
-        raise ValueError(f"add_se: stages must be a non-empty subset of 1..4 (or None for all), got {stages!r}")
+    if not chosen or not all(isinstance(s, int) for s in chosen) or not chosen <= set(range(1, num_stages + 1)):
+        raise ValueError(
+            f"add_se: stages must be a non-empty subset of 1..{num_stages} (or None for all), got {stages!r}"
+        )
     return chosen
 
 
@@ -64,7 +74,7 @@ def add_se(
         model: A model containing supported blocks (a classifier, a features_only model, a Faster R-CNN, an smp
             encoder or a whole smp model); see :func:`se_plugins.register_se_block` for your own blocks.
         reduction: SE reduction ratio r (hidden width ``make_divisible(C / r, 8)`` as in timm).
-        stages: Which ResNet stages (1..4) get SE; ``None`` = all.
+        stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7); ``None`` = all.
         position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation).
         init: ``"identity"``: the model computes exactly the same function as before (pretrained weights stay
             valid); ``"random"``: the paper's initialisation.
@@ -86,29 +96,33 @@ def add_se(
         raise ValueError(f"add_se: position must be one of {SE_POSITIONS}, got {position!r}")
     if init not in SE_INITS:
         raise ValueError(f"add_se: init must be one of {SE_INITS}, got {init!r}")
-    chosen = _check_stages(stages)
+    if not reduction > 0:
+        raise ValueError(f"add_se: reduction must be > 0, got {reduction!r}")
     blocks = list(iter_se_blocks(model))
     if not blocks:
         raise ValueError(
             f"add_se: {type(model).__name__} has no supported residual block; supported: {supported_blocks()}"
         )
+    chosen = _check_stages(stages, max(adapter.num_stages for _, _, adapter in blocks))
     for name, block, adapter in blocks:
-        if _block_has_se(block):
+        if _block_has_se(block, adapter):
             raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")
         if position not in adapter.positions:
             raise ValueError(
                 f"add_se: position {position!r} is not supported by {adapter.description} (block {name!r}); "
                 f"supported: {adapter.positions}"
             )
+        if chosen is not None and adapter.stage(name) is None:
+            raise ValueError(
+                f"add_se: cannot tell the stage of block {name!r} ({adapter.description}); use stages=None"
+            )
     for name, block, adapter in blocks:
-        if chosen is not None:
-            stage = adapter.stage(name)
-            if stage is None:
-                raise ValueError(f"add_se: cannot tell the stage of block {name!r} (expected it under 'layerN')")
-            if stage not in chosen:
-                continue
+        if chosen is not None and adapter.stage(name) not in chosen:
+            continue
         ref = next(block.parameters())
-        se = SqueezeExcite(adapter.channels(block, position), reduction, init=init, device=ref.device, dtype=ref.dtype)
+        hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
+        dd = {"device": ref.device, "dtype": ref.dtype}
+        se = SqueezeExcite(adapter.channels(block, position), reduction, hidden_channels=hidden, init=init, **dd)
         block.__class__ = adapter.se_class
         block.se = se
         block.se_position = position

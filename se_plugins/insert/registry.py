@@ -30,6 +30,10 @@ class SEAdapter:
         positions: The positions this family supports.
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
+        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``).
+        hidden: ``hidden(block, reduction)`` -> SE's hidden width where the family's authors have their own rule
+            (RegNetY: block input width / r); None: ``make_divisible(C / r, 8)`` of the SE channels ``C``.
+        builtin_se: ``builtin_se(block)`` -> whether the block has SE of its own somewhere else than ``block.se``.
     """
 
     se_class: type[nn.Module]
@@ -37,6 +41,9 @@ class SEAdapter:
     positions: tuple[str, ...] = SE_POSITIONS
     stage: Callable[[str], int | None] = stage_from_layer_name
     description: str = ""
+    num_stages: int = 4
+    hidden: Callable[[nn.Module, float], int] | None = None
+    builtin_se: Callable[[nn.Module], bool] | None = None
 
 
 _ADAPTERS: dict[type[nn.Module], SEAdapter] = {}
@@ -62,6 +69,9 @@ def register_se_block(
     positions: tuple[str, ...] = SE_POSITIONS,
     stage: Callable[[str], int | None] = stage_from_layer_name,
     description: str = "",
+    num_stages: int = 4,
+    hidden: Callable[[nn.Module, float], int] | None = None,
+    builtin_se: Callable[[nn.Module], bool] | None = None,
 ) -> SEAdapter:
     """Make :func:`se_plugins.add_se` put SE into every ``block_class`` module (yours too).
 
@@ -73,6 +83,9 @@ def register_se_block(
         positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
+        num_stages: How many stages the family has (ResNets: 4).
+        hidden: ``hidden(block, reduction)`` -> SE's hidden width (default: ``make_divisible(C / r, 8)``).
+        builtin_se: ``builtin_se(block)`` -> whether the block already has SE elsewhere than ``block.se``.
 
     Returns:
         The registered adapter.
@@ -92,7 +105,9 @@ def register_se_block(
     unknown = set(positions) - set(SE_POSITIONS)
     if not positions or unknown:
         raise ValueError(f"register_se_block: positions must be a non-empty subset of {SE_POSITIONS}, got {positions}")
-    adapter = SEAdapter(se_class, channels, tuple(positions), stage, description or block_class.__name__)
+    adapter = SEAdapter(
+        se_class, channels, tuple(positions), stage, description or block_class.__name__, num_stages, hidden, builtin_se
+    )
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter
     return adapter

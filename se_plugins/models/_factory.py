@@ -99,18 +99,26 @@ def _twin_cfgs(base: str) -> dict[str, Any]:
     return cfgs
 
 
-def register_se_twins(module: ModuleType | str, timm_module: ModuleType, bases: Iterable[str]) -> list[str]:
+def register_se_twins(
+    module: ModuleType | str,
+    timm_module: ModuleType,
+    bases: Iterable[str],
+    base_entrypoint: Callable[[str], Callable[..., nn.Module]] | None = None,
+) -> list[str]:
     """Register ``se_plugin_<base>`` for every base (an entrypoint of ``timm_module``) from the family ``module``.
 
     Sets ``module.default_cfgs`` (the bases' pretrained cfgs under the twins' names, read by timm's
     ``register_model``) and defines each entrypoint as an attribute of ``module``. Returns the registered names.
+    ``base_entrypoint(name)`` replaces ``getattr(timm_module, name)`` for families whose timm entrypoints fix a
+    ``pretrained_filter_fn`` of their own (the replacement takes ours and composes the two).
     """
     module = sys.modules[module] if isinstance(module, str) else module
     bases = list(bases)
     module.default_cfgs = generate_default_cfgs({k: v for base in bases for k, v in _twin_cfgs(base).items()})
     names = []
     for base in bases:
-        entrypoint = register_model(_make_entrypoint(getattr(timm_module, base), module.__name__))
+        base_fn = base_entrypoint(base) if base_entrypoint is not None else getattr(timm_module, base)
+        entrypoint = register_model(_make_entrypoint(base_fn, module.__name__))
         setattr(module, entrypoint.__name__, entrypoint)
         names.append(entrypoint.__name__)
     return names

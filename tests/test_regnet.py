@@ -1,0 +1,172 @@
+"""SE in RegNetX, where RegNetY has it: timm's ``se_plugin_regnetx_*`` twins and ``add_se`` on torchvision's RegNetX.
+
+SE sits after the 3x3 group conv, before the last 1x1 conv, with hidden width ``round(block input width / r)``;
+r=4 is RegNetY, so ``regnety_002`` (the same widths as ``regnetx_002``) loads strictly into the twin.
+"""
+
+import copy
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+import torchvision
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, has_se, se_modules
+from se_plugins.detection import fasterrcnn_timm_fpn
+from tests.conftest import randomize_norm_stats
+from tests.test_torchscript import _random_se, assert_scripted_matches
+
+ARCH = "regnetx_002"
+
+
+def _models():
+    return {
+        "timm": lambda: timm.create_model(ARCH, num_classes=5),
+        "torchvision": lambda: torchvision.models.regnet_x_400mf(num_classes=5),
+    }
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    # the same ops in the same order on both sides: the issue's 1e-5, relative to the output size
+    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_and_parameter_counts():
+    names = timm.list_models("se_plugin_regnetx_*")
+    assert names == [f"se_plugin_{b}" for b in timm.list_models("regnetx_*")] and len(names) == 13
+    assert set(names) <= set(timm.list_models(module="regnet"))
+    with torch.device("meta"):
+        base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
+        as_y = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4)
+        regnety = timm.create_model("regnety_002")
+    assert _count(base) == 2_684_792 and _count(ours) - _count(base) == 123_034 and len(se_modules(ours)) == 13
+    assert _count(as_y) == _count(regnety) == 3_162_996
+    # on the bottleneck channels (24), hidden width from the block input width (the stem's 32): round(32 / 4)
+    assert (as_y.s1.b1.se.channels, as_y.s1.b1.se.hidden_channels) == (24, 8)
+    assert (as_y.s3.b2.se.channels, as_y.s3.b2.se.hidden_channels) == (152, 38)
+
+
+def test_regnety_weights_load_strictly_with_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    regnety = randomize_norm_stats(timm.create_model("regnety_002")).eval()
+    ours = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4).eval()
+    ours.load_state_dict(regnety.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(ours(_x()), regnety(_x()))  # the plain SE forward is timm's SEModule, op for op
+    # and through timm's pretrained mechanism (timm's RegNet filter, then ours)
+    torch.save(regnety.state_dict(), tmp_path / "regnety_002.pth")
+    loaded = timm.create_model(f"se_plugin_{ARCH}", pretrained=True, se_reduction=4,
+                               pretrained_cfg_overlay=dict(file=str(tmp_path / "regnety_002.pth"))).eval()  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(loaded(_x()), regnety(_x()))
+
+
+def test_pretrained_base_weights_through_timm(tmp_path):
+    torch.manual_seed(0)
+    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
+    base = timm.create_model(ARCH, **kwargs).eval()
+    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
+    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
+    with torch.no_grad():
+        assert _close(ours(_x()), base(_x()))
+        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
+        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
+        assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert all(_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+
+
+@pytest.mark.parametrize("kind", list(_models()))
+def test_identity_init_keeps_outputs_and_keys(kind):
+    torch.manual_seed(0)
+    model = randomize_norm_stats(_models()[kind]()).eval()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model)
+        assert _close(model(_x()), before)
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert all(".se." in k for k in set(state) - set(before_state))
+
+
+def test_se_sits_after_the_group_conv():
+    torch.manual_seed(0)
+    tv = _random_se(add_se(torchvision.models.regnet_x_400mf(), init="random"))
+    tm = _random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random"))
+    with torch.no_grad():
+        block = tv.trunk_output.block2[0]  # with a projection shortcut
+        x = torch.randn(1, block.f.a[0].in_channels, 16, 16)
+        expected = block.activation(block.proj(x) + block.f.c(block.se(block.f.b(block.f.a(x)))))
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=0)
+        block = tm.s3.b2  # identity shortcut
+        x = torch.randn(1, block.conv1.conv.in_channels, 16, 16)
+        torch.testing.assert_close(block(x), block.act3(block.conv3(block.se(block.conv2(block.conv1(x)))) + x))
+
+
+def test_options_and_errors():
+    model = add_se(torchvision.models.regnet_x_400mf(), stages=(3, 4), reduction=8)
+    assert {name.split(".")[1] for name in se_modules(model)} == {"block3", "block4"}
+    first = model.trunk_output.block3[0]
+    assert first.se.hidden_channels == round(first.f.a[0].in_channels / 8)
+    with pytest.raises(ValueError, match=r"position 'identity' is not supported by torchvision RegNet"):
+        add_se(torchvision.models.regnet_x_400mf(), position="identity")
+    with pytest.raises(ValueError, match="already has SE"):
+        add_se(torchvision.models.regnet_y_400mf())  # torchvision's own SE sits inside the transform
+    with pytest.raises(ValueError, match="reduction must be > 0"):
+        add_se(timm.create_model(ARCH), reduction=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["timm", "torchvision"])
+def test_torchscript_fx_and_compile_match_eager(kind):
+    torch.manual_seed(0)
+    model = _random_se(add_se(_models()[kind](), init="random"))
+    x = _x()
+    assert_scripted_matches(model, x)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            graph = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            assert _close(graph(x), model(x))
+    graph(x).sum().backward()
+    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    if kind == "timm":
+        with torch.no_grad():
+            assert _close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_train_one_step():
+    torch.manual_seed(0)
+    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
+                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
+    assert len(se_modules(detector)) == 13
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    loss = sum(detector.train()(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
+
+    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
+    assert len(se_modules(unet)) == 13
+    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
