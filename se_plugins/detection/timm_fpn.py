@@ -461,6 +461,8 @@ def fcos_timm_fpn(
     Example:
         >>> model = fcos_timm_fpn("se_plugin_resnet50", num_classes=81, pretrained_backbone="r50.pth")
     """
+    if fpn_channels % 32 and "head" not in kwargs:
+        raise ValueError(f"fpn_channels must be a multiple of 32 for FCOS's GroupNorm(32) head, got {fpn_channels}")
     return build_timm_fpn_detector(
         "fcos", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
         backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,

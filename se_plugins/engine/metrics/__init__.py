@@ -11,6 +11,7 @@ from .coco import (
     detections_to_coco_results,
     evaluate_coco_files,
     format_coco_stats,
+    masks_to_rle,
 )
 from .segmentation import SegmentationMetric
 from .voc import VOCEvaluator, voc_ap
@@ -25,5 +26,6 @@ __all__ = [
     "detections_to_coco_results",
     "evaluate_coco_files",
     "format_coco_stats",
+    "masks_to_rle",
     "voc_ap",
 ]
