@@ -23,6 +23,7 @@ from tests.test_detection_models import _expected_se_params, _image, _put_in_hub
 
 R50_SE_PARAMS = 2_530_992  # r=16 on all 16 bottlenecks (see test_detection_models)
 NEW_RECIPES = [
+    "fasterrcnn_resnet50_fpn_v2",  # (v1: test_detection_models)
     "maskrcnn_resnet50_fpn",
     "maskrcnn_resnet50_fpn_v2",
     "retinanet_resnet50_fpn",
