@@ -345,6 +345,7 @@ class DetectionTask(Task):
         """
         dataset: Any = loader.dataset
         coco = self.cfg.eval.metric == "coco"
+        segm: CocoEvaluator | None = None
         if coco:
             evaluator: Any = CocoEvaluator(dataset.coco_ground_truth())
             segm = CocoEvaluator(evaluator.coco_gt, iou_type="segm") if self.with_masks else None
@@ -361,7 +362,7 @@ class DetectionTask(Task):
             else:
                 evaluator.update(outputs, targets)
         evaluator.synchronize()  # every rank takes part; only rank 0's numbers are used
-        if coco and segm is not None:
+        if segm is not None:
             segm.synchronize()
         if not self.dist.is_main:
             return {}
