@@ -192,3 +192,8 @@ def test_timm_route_levels_and_anchors_follow_torchvision():
     assert mask.roi_heads.mask_roi_pool.featmap_names == ["0", "1", "2", "3"]
     assert mask.roi_heads.mask_roi_pool.output_size == (14, 14)
     assert set(ARCHS) == {"fasterrcnn", "maskrcnn", "retinanet", "fcos"}
+    gn = retinanet_timm_fpn("resnet10t", num_classes=3, fpn_channels=32, head_group_norm=True)
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in gn.head.modules()) == 8  # 4 convs x 2 branches
+    assert gn.head.classification_head.cls_logits.out_channels == 9 * 3
+    with pytest.raises(ValueError, match="multiple of 32"):
+        retinanet_timm_fpn("resnet10t", num_classes=3, fpn_channels=16, head_group_norm=True)

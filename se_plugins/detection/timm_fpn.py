@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _validate_trainable_layers
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
@@ -410,6 +412,7 @@ def retinanet_timm_fpn(
     max_size: int = 1333,
     anchor_sizes: Sequence[int | Sequence[int]] | None = None,
     aspect_ratios: Sequence[float] = _RCNN_RATIOS,
+    head_group_norm: bool = False,
     **kwargs: Any,
 ) -> RetinaNet:
     """RetinaNet + FPN (P3-P7 by default) on any timm ``features_only`` backbone.
@@ -418,18 +421,27 @@ def retinanet_timm_fpn(
     x2^(2/3)) and aspect ratios (0.5, 1, 2) per level: 9 anchors per location, 32..512 px over strides 8..128.
     The head is torchvision's ``RetinaNetHead`` (focal loss) on ``fpn_channels``.
 
-    Args: as :func:`fasterrcnn_timm_fpn`; ``**kwargs`` go to ``RetinaNet`` (``score_thresh``,
-    ``detections_per_img``, ``topk_candidates``, ``fg_iou_thresh``, ...).
+    Args:
+        head_group_norm: GroupNorm(32) after each head conv, as torchvision's RetinaNet v2 head (needs
+            ``fpn_channels`` divisible by 32).
+        Others: as :func:`fasterrcnn_timm_fpn`; ``**kwargs`` go to ``RetinaNet`` (``score_thresh``,
+            ``detections_per_img``, ``topk_candidates``, ``fg_iou_thresh``, ...).
 
     Example:
         >>> model = retinanet_timm_fpn("se_plugin_resnet50", num_classes=81, pretrained_backbone="r50.pth")
     """
-    return build_timm_fpn_detector(
+    model = build_timm_fpn_detector(
         "retinanet", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
         backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,
         extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers, se_trainable=se_trainable,
         min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, **kwargs,
     )  # fmt: skip
+    if head_group_norm and "head" not in kwargs:
+        if fpn_channels % 32:
+            raise ValueError(f"head_group_norm: fpn_channels must be a multiple of 32, got {fpn_channels}")
+        anchors = model.anchor_generator.num_anchors_per_location()[0]
+        model.head = RetinaNetHead(fpn_channels, anchors, num_classes, norm_layer=functools.partial(nn.GroupNorm, 32))
+    return model
 
 
 def fcos_timm_fpn(
