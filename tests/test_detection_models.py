@@ -407,10 +407,8 @@ def test_timm_fpn_from_a_module_and_registry():
     assert model.backbone.body is body
     assert not body.conv1.weight.requires_grad and body.layer1[0].conv1.weight.requires_grad
     assert math.isclose(model.transform.image_mean[0], 0.485)
-    assert set(DETECTION_MODELS) == {
-        "fasterrcnn_se_resnet50_fpn",
-        "fasterrcnn_se_resnet50_fpn_v2",
-        "fasterrcnn_timm_fpn",
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_resnet50_fpn_v2",
-    }
+    archs = ("fasterrcnn", "maskrcnn", "retinanet", "fcos")
+    recipes = {f"{a}_resnet50_fpn{v}" for a in archs for v in ("", "_v2")} - {"fcos_resnet50_fpn_v2"}
+    assert set(DETECTION_MODELS) == (
+        recipes | {r.replace("_resnet50", "_se_resnet50") for r in recipes} | {f"{a}_timm_fpn" for a in archs}
+    )

@@ -318,12 +318,16 @@ def test_ddp_evaluation_equals_single_process(tmp_path, shapes):
 def test_every_config_loads(path):
     cfg = load_config(path)
     if cfg.task == "detection":
-        assert DetectionTask(cfg).main_metric == ("AP50" if cfg.eval.metric == "coco" else "mAP")
+        default = "AP50" if cfg.eval.metric == "coco" else "mAP"
+        assert DetectionTask(cfg).main_metric == (cfg.eval.main_metric or default)
 
 
 def test_detection_configs_exist_in_pairs():
     names = {p.name for p in (REPO / "configs" / "detection").glob("*.yaml")}
-    for se_name in ("shapes_fasterrcnn_se_r18", "coco_fasterrcnn_se_r50_fpn", "voc_fasterrcnn_se_r50_fpn"):
+    pairs = ["shapes_fasterrcnn_se_r18", "coco_fasterrcnn_se_r50_fpn", "voc_fasterrcnn_se_r50_fpn"]
+    pairs += ["shapes_maskrcnn_se_r18", "shapes_retinanet_se_r18"]
+    pairs += [f"coco_{arch}_se_r50_fpn" for arch in ("maskrcnn", "retinanet", "fcos")]
+    for se_name in pairs:
         base_name = se_name.replace("_se_", "_")
         assert {f"{se_name}.yaml", f"{base_name}.yaml"} <= names
         se_cfg = OmegaConf.to_container(load_config(REPO / "configs" / "detection" / f"{se_name}.yaml"))

@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 
 from se_plugins.data._io import coco_from_dict, fit_box, load_json, load_rgb_image, read_image_size
 from se_plugins.data._messages import is_background_name, some_ids
+from se_plugins.data.instance_masks import check_segmentation, decode_segmentation
 from se_plugins.data.voc import IGNORE_INDEX
 from se_plugins.errors import DataError
 
@@ -206,7 +207,9 @@ class CocoDetection(_CocoBase):
     Each sample is ``(image, target)``: ``image`` a float32 ``tv_tensors.Image`` in [0, 1]; ``target``
     has ``boxes`` (``BoundingBoxes`` XYXY, absolute pixels), ``labels`` (int64, 1..K), ``image_id``
     (the COCO id), ``area`` (float32, the annotation's area in original pixels), ``iscrowd`` (int64
-    zeros) and ``orig_size`` (``(H, W)``).
+    zeros) and ``orig_size`` (``(H, W)``); with ``masks=True`` also ``masks``, a uint8 ``tv_tensors.Mask``
+    ``[N, H, W]`` (one binary mask per box, from polygons or RLE) that the v2 transforms flip, resize and filter
+    together with the boxes.
 
     Args:
         img_dir: Folder of the images (``file_name`` is relative to it).
@@ -221,6 +224,11 @@ class CocoDetection(_CocoBase):
             raises DataError instead.
         image_reader: ``path -> tv_tensors.Image`` (e.g. ``se_plugins.data.decode.ImageReader(channels=4)``);
             None = ``load_rgb_image`` (3 channels, 8-bit /255, 16-bit /65535, alpha blended over black).
+        masks: Decode instance masks (Mask R-CNN). Every annotation's ``segmentation`` is checked when the
+            data set is built: an RLE of the wrong size or polygons with fewer than 3 points only raise
+            DataError naming the file and annotation id; a degenerate polygon beside valid ones is dropped
+            (one warning counts them). Crowd annotations are never training instances (COCOeval ignores
+            detections on them).
 
     Example:
         >>> ds = CocoDetection("coco/train2017", "coco/annotations/instances_train2017.json",
@@ -236,12 +244,15 @@ class CocoDetection(_CocoBase):
         keep_empty: bool = True,
         skip_bad_images: bool = False,
         keep_background_category: bool = False,
+        masks: bool = False,
         *,
         image_reader: Callable | None = None,
     ) -> None:
         super().__init__(img_dir, ann_file, keep_background_category, image_reader)
         self.transforms = transforms
         self.skip_bad_images = skip_bad_images
+        self.masks = masks
+        self._segms: dict[int, list[Any]] = {}  # image id -> checked segmentation of each box (masks=True)
         cats = self.categories
         self.class_names: list[str] = [c["name"] for c in cats]
         self.label_to_cat_id: dict[int, int] = {i + 1: c["id"] for i, c in enumerate(cats)}
@@ -258,13 +269,17 @@ class CocoDetection(_CocoBase):
         self._targets: dict[int, dict[str, np.ndarray]] = {}
         degenerate: list[int] = []  # annotation ids
         outside: list[int] = []
+        dropped_polygons = 0
         for image_id in self.ids:
             if image_id in bad:
                 continue
             info = self.coco.imgs[image_id]
             height, width = int(info["height"]), int(info["width"])
-            boxes, labels, areas = [], [], []
+            boxes, labels, areas, segms = [], [], [], []
             for ann in self.coco.imgToAnns.get(image_id, []):
+                if masks:
+                    segm, dropped = check_segmentation(ann, height, width, str(self.ann_file))
+                    dropped_polygons += dropped
                 if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat_id_to_label:
                     continue  # crowd regions: evaluation only; background category: not a class
                 x, y, w, h = ann["bbox"]
@@ -283,11 +298,15 @@ class CocoDetection(_CocoBase):
                 boxes.append(box)
                 labels.append(self.cat_id_to_label[ann["category_id"]])
                 areas.append(float(ann.get("area", w * h)))
+                if masks:
+                    segms.append(segm)
             self._targets[image_id] = dict(
                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                 labels=np.asarray(labels, dtype=np.int64),
                 area=np.asarray(areas, dtype=np.float32),
             )
+            if masks:
+                self._segms[image_id] = segms
         empty = [i for i, t in self._targets.items() if len(t["labels"]) == 0]
         self.ids = [
             i for i in self.ids if i in self._targets and (keep_empty or len(self._targets[i]["labels"]))
@@ -304,6 +323,8 @@ class CocoDetection(_CocoBase):
                 f"dropped {len(degenerate)} degenerate boxes (under 1 px wide or high after clipping; "
                 f"annotation ids {some_ids(degenerate)})"
             )
+        if dropped_polygons:
+            notes.append(f"dropped {dropped_polygons} polygons with fewer than 3 points from instance masks")
         if outside:
             notes.append(
                 f"dropped {len(outside)} boxes lying entirely outside their image (annotation ids {some_ids(outside)})"
@@ -365,6 +386,8 @@ class CocoDetection(_CocoBase):
             "iscrowd": torch.zeros(len(rec["labels"]), dtype=torch.int64),
             "orig_size": (height, width),
         }
+        if self.masks:
+            target["masks"] = self._decode_masks(image_id, height, width)
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -376,6 +399,13 @@ class CocoDetection(_CocoBase):
             minlength=self.num_classes,
         )
         return {name: int(counts[k + 1]) for k, name in enumerate(self.class_names)}
+
+
+    def _decode_masks(self, image_id: int, height: int, width: int) -> tv_tensors.Mask:
+        """The instance masks of ``image_id`` as a uint8 ``[N, H, W]`` mask, aligned with its boxes."""
+        decoded = [decode_segmentation(segm, height, width) for segm in self._segms[image_id]]
+        array = np.stack(decoded) if decoded else np.zeros((0, height, width), dtype=np.uint8)
+        return tv_tensors.Mask(torch.from_numpy(array))
 
 
 class CocoSegmentation(_CocoBase):

@@ -140,6 +140,7 @@ class EvalConfig:
     metric: str = "coco"  # "coco" | "voc07" (11-point) | "voc" (area) | "miou"
     batch_size: int = 2  # images per process and iteration
     score_threshold: float = 0.5  # detections below this score are not drawn in the prediction PNGs
+    main_metric: str | None = None  # detection: metric selecting best.pth (AP50, AP, segm_AP50, ...); null = AP50/mAP
 
 
 @dataclass

@@ -112,8 +112,10 @@ def draw_detections(
     class_names: Sequence[str] | None = None,
     score_threshold: float = 0.0,
     width: int = 2,
+    masks: torch.Tensor | None = None,
+    mask_alpha: float = 0.45,
 ) -> torch.Tensor:
-    """Draw boxes with class-coloured outlines and ``"name score"`` labels.
+    """Draw boxes with class-coloured outlines and ``"name score"`` labels, over instance masks if given.
 
     Args:
         image: ``[3, H, W]`` (or ``[1, H, W]``) uint8, or float in [0, 1].
@@ -123,9 +125,15 @@ def draw_detections(
         class_names: Names of labels 1..K (label ``k`` is ``class_names[k - 1]``); None = the numbers.
         score_threshold: Boxes with a score below this are not drawn.
         width: Outline width in pixels.
+        masks: ``[N, H, W]`` (or ``[N, 1, H, W]``) instance masks, one per box: bool/integer (non-zero inside)
+            or probabilities (> 0.5 inside); each is filled in its box's class colour.
+        mask_alpha: Opacity of the mask fill.
 
     Returns:
         The drawing, ``[3, H, W]`` uint8 (the input is not modified).
+
+    Raises:
+        ValueError: Lengths differ, or the masks do not match the image size.
     """
     canvas = to_uint8(image)
     boxes = torch.as_tensor(boxes).detach().cpu().as_subclass(torch.Tensor).float().reshape(-1, 4)
@@ -134,6 +142,18 @@ def draw_detections(
     if len(label_list) != len(boxes) or (score_list is not None and len(score_list) != len(boxes)):
         raise ValueError("boxes, labels and scores must have the same length")
     keep = [i for i in range(len(boxes)) if score_list is None or score_list[i] >= score_threshold]
+    if masks is not None:
+        masks = torch.as_tensor(masks).detach().cpu().as_subclass(torch.Tensor)
+        masks = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+        if masks.ndim != 3 or len(masks) != len(boxes) or tuple(masks.shape[-2:]) != tuple(canvas.shape[-2:]):
+            raise ValueError(
+                f"masks of shape {tuple(masks.shape)} do not fit {len(boxes)} boxes on a "
+                f"{tuple(canvas.shape[-2:])} image"
+            )
+        if keep:
+            binary = masks[keep] > 0.5 if masks.is_floating_point() else masks[keep] != 0
+            colors = [class_color(label_list[i]) for i in keep]
+            canvas = draw_segmentation_masks(canvas, binary, alpha=mask_alpha, colors=colors)
     if not keep:
         return canvas
     texts = []

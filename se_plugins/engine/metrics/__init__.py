@@ -12,6 +12,7 @@ from .coco import (
     detections_to_coco_results,
     evaluate_coco_files,
     format_coco_stats,
+    masks_to_rle,
 )
 from .segmentation import SegmentationMetric
 from .voc import VOCEvaluator, voc_ap
@@ -28,5 +29,6 @@ __all__ = [
     "evaluate_coco_files",
     "format_coco_stats",
     "save_confusion_matrix_png",
+    "masks_to_rle",
     "voc_ap",
 ]

@@ -173,7 +173,7 @@ def _normalize_result(
     if score is None:
         raise DataError(f"{source}: result {index} has an invalid score {r['score']!r}")
     out: dict[str, Any] = {"image_id": image_id, "category_id": category_id, "score": score}
-    if "bbox" in r:
+    if iou_type == "bbox":
         bbox = r["bbox"]
         if isinstance(bbox, (np.ndarray, torch.Tensor)):
             bbox = bbox.tolist()
@@ -181,8 +181,33 @@ def _normalize_result(
             raise DataError(f"{source}: result {index} has bbox {bbox!r}; expected four numbers [x, y, w, h]")
         out["bbox"] = [float(v) for v in bbox]
     if iou_type == "segm":
-        out["segmentation"] = r["segmentation"]
+        # A box beside the mask is left out, as detectron2 and mmdet do: with it, loadRes would take the box area
+        # as the detection's area, which changes the small/medium/large mask APs.
+        segm = r["segmentation"]
+        if not (isinstance(segm, Mapping) and {"size", "counts"} <= segm.keys()) and not isinstance(segm, list):
+            raise DataError(f"{source}: result {index} has a segmentation that is neither an RLE nor polygons")
+        out["segmentation"] = dict(segm) if isinstance(segm, Mapping) else segm
     return out
+
+
+def masks_to_rle(masks: torch.Tensor | np.ndarray, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Binary (or probability) masks ``[N, H, W]`` or ``[N, 1, H, W]`` as COCO RLEs with string counts.
+
+    Probabilities (floating point) are binarised with ``> threshold`` (torchvision's Mask R-CNN reference uses
+    0.5); integer and bool masks are read as ``!= 0``.
+    """
+    array = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise ValueError(f"masks must be [N, H, W] or [N, 1, H, W], got shape {tuple(array.shape)}")
+    if len(array) == 0:
+        return []
+    binary = array > threshold if np.issubdtype(array.dtype, np.floating) else array != 0
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 def detections_to_coco_results(
@@ -194,12 +219,14 @@ def detections_to_coco_results(
 
     Args:
         outputs: One dict per image with ``boxes`` (``[N, 4]`` XYXY, absolute pixels), ``labels`` (contiguous
-            training labels) and ``scores``, as returned by torchvision detection models in eval mode.
+            training labels) and ``scores``, as returned by torchvision detection models in eval mode; with
+            ``masks`` (Mask R-CNN's ``[N, 1, H, W]`` probabilities, or binary ``[N, H, W]``) each result also
+            gets an RLE ``segmentation`` (see :func:`masks_to_rle`).
         image_ids: The COCO image id of each output.
         label_to_cat_id: Contiguous label -> COCO category id (a mapping, or a sequence indexed by label).
 
     Returns:
-        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]`` in output order.
+        ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"(, "segmentation")}, ...]`` in output order.
 
     Raises:
         ValueError: The lengths differ or a label has no category id.
@@ -214,15 +241,19 @@ def detections_to_coco_results(
         if not len(boxes) == len(labels) == len(scores):
             raise ValueError(f"image {int(image_id)}: boxes, labels and scores have different lengths")
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        for box, label, score in zip(xywh, labels, scores, strict=True):
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": _map_label(label_to_cat_id, int(label)),
-                    "bbox": box,
-                    "score": score,
-                }
-            )
+        rles = masks_to_rle(output["masks"]) if "masks" in output else None
+        if rles is not None and len(rles) != len(labels):
+            raise ValueError(f"image {int(image_id)}: {len(rles)} masks for {len(labels)} boxes")
+        for i, (box, label, score) in enumerate(zip(xywh, labels, scores, strict=True)):
+            result = {
+                "image_id": int(image_id),
+                "category_id": _map_label(label_to_cat_id, int(label)),
+                "bbox": box,
+                "score": score,
+            }
+            if rles is not None:
+                result["segmentation"] = rles[i]
+            results.append(result)
     return results
 
 

@@ -1,4 +1,4 @@
-"""Object detection: Faster R-CNN (with or without SE) on COCO, VOC or the built-in shapes data.
+"""Object detection and instance segmentation: Faster/Mask R-CNN, RetinaNet, FCOS (with or without SE).
 
 ``task: detection`` in a config selects this task. What the config keys mean here:
 
@@ -6,11 +6,13 @@
   relative to ``data.root`` when set), ``voc`` (``data.root`` holding ``Annotations/``, ``JPEGImages/``,
   ``ImageSets/Main/``; ``train_split`` / ``val_split``; ``classes``, default the 20 VOC classes) or ``shapes``
   (generated into ``data.root`` by ``make_shapes`` on first use, then read through the COCO loader).
-- ``model.name``: a key of ``se_plugins.detection.DETECTION_MODELS``. ``fasterrcnn_timm_fpn`` takes
+- ``model.name``: a key of ``se_plugins.detection.DETECTION_MODELS``. The ``*_timm_fpn`` builders take
   ``model.backbone``, a timm name: with ``model.se.enabled`` the ``se_plugin_`` twin of the base
   architecture is built (``resnet18`` and ``se_plugin_resnet18`` both mean SE-ResNet-18), without it the
-  plain base (the baseline). The ``fasterrcnn_se_resnet50_fpn(_v2)`` recipes get ``se_stages=()`` when SE
-  is off.
+  plain base (the baseline). The ``*_se_resnet50_fpn(_v2)`` recipes get ``se_stages=()`` when SE is off.
+  Mask R-CNN models (``maskrcnn_*``) make the data yield instance masks and add mask AP to the metrics;
+  the losses of every model are logged under ``loss_<name>`` (RetinaNet's ``classification`` as
+  ``loss_classification``), summed into ``loss``.
 - ``model.num_classes``: null = the data's classes + 1 (background).
 - ``model.pretrained_backbone``: a local backbone weights file (no downloads); ``model.kwargs``: any other
   keyword of the builder or of ``torchvision.models.detection.FasterRCNN`` (``anchor_sizes``, ``rpn_*``...).
@@ -18,8 +20,9 @@
   ``data.channels`` other than 3 needs ``fasterrcnn_timm_fpn`` (the backbone gets timm's ``in_chans``, and a
   pretrained first conv is adapted by timm). ``data.mean`` / ``data.std`` become ``FasterRCNN``'s ``image_mean`` /
   ``image_std`` (null with 3 channels: the builder's defaults).
-- ``eval.metric``: ``coco`` (main metric ``AP50``, the 12 COCOeval numbers) or ``voc07`` / ``voc`` (main
-  metric ``mAP``, VOC 11-point / area AP at IoU 0.5 plus ``AP_<class>`` per class).
+- ``eval.metric``: ``coco`` (main metric ``AP50``, the 12 COCOeval numbers; Mask R-CNN adds the 12 mask
+  numbers as ``segm_AP``, ``segm_AP50``, ...) or ``voc07`` / ``voc`` (main metric ``mAP``, VOC 11-point /
+  area AP at IoU 0.5 plus ``AP_<class>`` per class). ``eval.main_metric`` picks another one for ``best.pth``.
 
 Example:
     >>> cfg = load_config("configs/detection/shapes_fasterrcnn_se_r18.yaml")
@@ -38,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from se_plugins.data import (
@@ -52,10 +55,10 @@ from se_plugins.data import (
     make_shapes,
 )
 from se_plugins.data.shapes import ShapesPaths
-from se_plugins.detection import DETECTION_MODELS
+from se_plugins.detection import DETECTION_MODEL_TYPES, DETECTION_MODELS
 from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
-from se_plugins.engine.evaluation import CocoEvaluator, VOCEvaluator, detections_to_coco_results
+from se_plugins.engine.evaluation import COCO_STAT_NAMES, CocoEvaluator, VOCEvaluator, detections_to_coco_results
 from se_plugins.engine.tasks.base import Task
 from se_plugins.engine.visualize import (
     add_legend,
@@ -71,21 +74,30 @@ from se_plugins.models import PREFIX as SE_PLUGIN_PREFIX
 logger = logging.getLogger("se_plugins.engine")
 
 MAIN_METRICS: dict[str, str] = {"coco": "AP50", "voc07": "mAP", "voc": "mAP"}
-"""``eval.metric`` → the metric that selects ``best.pth``."""
+"""``eval.metric`` → the metric that selects ``best.pth`` unless ``eval.main_metric`` is set."""
+
+SEGM_PREFIX = "segm_"
+"""Prefix of the mask (``segm``) COCO metrics: ``segm_AP``, ``segm_AP50``, ..."""
+
+MASK_THRESHOLD = 0.5
+"""Mask R-CNN's per-pixel probabilities above this are the instance (torchvision's reference value)."""
 
 ASPECT_RATIO_GROUP_FACTOR = 3
 """``create_aspect_ratio_groups(k=3)``: 8 aspect-ratio bins, torchvision's reference setting."""
 
-_TORCHVISION_SE = ("fasterrcnn_se_resnet50_fpn", "fasterrcnn_se_resnet50_fpn_v2")
+_TORCHVISION_SE = tuple(name for name in DETECTION_MODELS if "_se_resnet50_fpn" in name)
 _RESERVED_KWARGS = ("num_classes", "min_size", "max_size", "backbone", "trainable_backbone_layers")
 _CHANNEL_KWARGS = {"in_chans": "data.channels", "in_channels": "data.channels"}
 
 
 class DetectionTask(Task):
-    """Faster R-CNN training and COCO/VOC evaluation (see the module docstring for the config keys).
+    """Detector training and COCO/VOC evaluation (see the module docstring for the config keys).
 
     Attributes:
-        main_metric: ``"AP50"`` for ``eval.metric: coco``, ``"mAP"`` for ``voc07`` / ``voc``.
+        main_metric: ``eval.main_metric``, else ``"AP50"`` for ``eval.metric: coco``, ``"mAP"`` for ``voc07`` /
+            ``voc``.
+        with_masks: The model predicts instance masks (Mask R-CNN): the data yields them, COCO evaluation adds
+            ``segm`` AP.
         class_names: Names of labels 1..K, known once a dataset is built (or from ``data.classes``).
     """
 
@@ -93,7 +105,23 @@ class DetectionTask(Task):
         super().__init__(cfg)
         if cfg.eval.metric not in MAIN_METRICS:
             raise ConfigError(f"eval.metric: {cfg.eval.metric!r} is not a detection metric ({', '.join(MAIN_METRICS)})")
-        self.main_metric = MAIN_METRICS[cfg.eval.metric]
+        model_type = DETECTION_MODEL_TYPES.get(cfg.model.name)
+        self.with_masks = model_type is not None and issubclass(model_type, MaskRCNN)
+        if self.with_masks and cfg.data.format == "voc":
+            raise ConfigError(
+                f"data.format: {cfg.model.name} needs instance masks, which VOC detection data does not have; "
+                "use coco or shapes data"
+            )
+        self.main_metric = cfg.eval.main_metric or MAIN_METRICS[cfg.eval.metric]
+        if cfg.eval.metric == "coco":
+            names = COCO_STAT_NAMES + ([SEGM_PREFIX + n for n in COCO_STAT_NAMES] if self.with_masks else [])
+            if self.main_metric not in names:
+                masks = "" if self.with_masks else f" ({cfg.model.name} predicts no masks: no {SEGM_PREFIX}*)"
+                raise ConfigError(f"eval.main_metric: {self.main_metric!r} is not one of {', '.join(names)}{masks}")
+        elif self.main_metric != "mAP" and not self.main_metric.startswith("AP_"):
+            raise ConfigError(
+                f"eval.main_metric: {self.main_metric!r}: eval.metric {cfg.eval.metric} gives mAP, AP_<class>"
+            )
         classes = config_classes(cfg.data)
         self.class_names: list[str] | None = classes if isinstance(classes, list) else None
 
@@ -137,6 +165,7 @@ class DetectionTask(Task):
                 skip_bad_images=data.skip_bad_images,
                 keep_background_category=data.keep_background_category,
                 image_reader=self.image_reader(),
+                masks=self.with_masks,
             )
             if isinstance(classes, list) and classes != dataset.class_names:
                 raise ConfigError(
@@ -232,11 +261,12 @@ class DetectionTask(Task):
         kwargs.update(self._input_kwargs(extra))
         if m.trainable_backbone_layers is not None:
             kwargs["trainable_backbone_layers"] = m.trainable_backbone_layers
-        if m.backbone and m.name != "fasterrcnn_timm_fpn":
+        timm_route = m.name.endswith("_timm_fpn")
+        if m.backbone and not timm_route:
             raise ConfigError(
-                f"model.backbone: {m.name} has a fixed backbone; set it to null (or use fasterrcnn_timm_fpn)"
+                f"model.backbone: {m.name} has a fixed backbone; set it to null (or use a *_timm_fpn model)"
             )
-        if m.name == "fasterrcnn_timm_fpn":
+        if timm_route:
             kwargs.update(self._timm_kwargs(extra))
         elif self.cfg.data.channels != 3:
             raise ConfigError(
@@ -265,7 +295,7 @@ class DetectionTask(Task):
     def _timm_kwargs(self, extra: dict[str, Any]) -> dict[str, Any]:
         m = self.cfg.model
         if not m.backbone:
-            raise ConfigError("model.backbone: required for fasterrcnn_timm_fpn (a timm model name, e.g. resnet18)")
+            raise ConfigError(f"model.backbone: required for {m.name} (a timm model name, e.g. resnet18)")
         import timm
 
         base = m.backbone.removeprefix(SE_PLUGIN_PREFIX)
@@ -321,67 +351,91 @@ class DetectionTask(Task):
     # ------------------------------------------------------------------------------------------------ steps
 
     def train_step(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
-        """torchvision's losses (RPN objectness/box, classifier, box regression) and their sum ``"loss"``."""
+        """The model's own loss dict (R-CNN: RPN, classifier, box, mask; RetinaNet/FCOS: theirs) and its sum.
+
+        Every loss is returned as ``loss_<name>`` (names that already start with ``loss`` are kept), next to
+        their sum ``"loss"``, whatever the detector.
+        """
         images, targets = batch
         images = [_plain(image).to(device, non_blocking=True) for image in images]
-        targets = [
-            {
-                "boxes": _plain(t["boxes"]).to(device, non_blocking=True),
-                "labels": t["labels"].to(device, non_blocking=True),
-            }
-            for t in targets
-        ]
+        keys = ("boxes", "labels", "masks") if self.with_masks else ("boxes", "labels")
+        targets = [{k: _plain(t[k]).to(device, non_blocking=True) for k in keys} for t in targets]
         losses = model(images, targets)
-        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+        named = {k if k.startswith("loss") else f"loss_{k}": v for k, v in losses.items()}
+        return {"loss": sum(losses.values()), **{k: v.detach() for k, v in named.items()}}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: list[torch.Tensor], device: torch.device) -> list[dict[str, Any]]:
-        """Detections of ``model`` (eval mode) for a list of ``[C, H, W]`` images, on CPU in float32."""
+        """Detections of ``model`` (eval mode) for a list of ``[C, H, W]`` images, on CPU in float32.
+
+        Label 0 (background, which one-stage heads also score) is dropped. Mask R-CNN's masks come back as bool
+        ``[N, H, W]`` (probability > ``MASK_THRESHOLD``).
+        """
         with self.autocast():
             outputs = model([_plain(image).to(device, non_blocking=True) for image in images])
-        return [
-            {
-                "boxes": o["boxes"].float().cpu(),
-                "labels": o["labels"].cpu(),
-                "scores": o["scores"].float().cpu(),
+        predictions = []
+        for o in outputs:
+            keep = (o["labels"] > 0).cpu()
+            p = {
+                "boxes": o["boxes"].float().cpu()[keep],
+                "labels": o["labels"].cpu()[keep],
+                "scores": o["scores"].float().cpu()[keep],
             }
-            for o in outputs
-        ]
+            if "masks" in o:
+                p["masks"] = (o["masks"][:, 0] > MASK_THRESHOLD).cpu()[keep]
+            predictions.append(p)
+        return predictions
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        """COCO box mAP (the 12 COCOeval stats) or VOC mAP (+ ``AP_<class>``), gathered over ranks."""
+        """COCO box mAP (the 12 COCOeval stats; + ``segm_*`` mask stats) or VOC mAP (+ ``AP_<class>``).
+
+        The results of all ranks are gathered; only rank 0 returns numbers.
+        """
         dataset: Any = loader.dataset
-        if self.cfg.eval.metric == "coco":
+        coco = self.cfg.eval.metric == "coco"
+        segm: CocoEvaluator | None = None
+        if coco:
             evaluator: Any = CocoEvaluator(dataset.coco_ground_truth())
+            segm = CocoEvaluator(evaluator.coco_gt, iou_type="segm") if self.with_masks else None
         else:
             evaluator = VOCEvaluator(dataset.class_names, use_07_metric=self.cfg.eval.metric == "voc07")
         for images, targets in loader:
             outputs = self.predict(model, images, device)
-            if self.cfg.eval.metric == "coco":
+            if coco:
                 ids = [int(t["image_id"]) for t in targets]
-                evaluator.update(detections_to_coco_results(outputs, ids, dataset.label_to_cat_id), image_ids=ids)
+                results = detections_to_coco_results(outputs, ids, dataset.label_to_cat_id)
+                evaluator.update(results, image_ids=ids)
+                if segm is not None:
+                    segm.update(results, image_ids=ids)
             else:
                 evaluator.update(outputs, targets)
         evaluator.synchronize()  # every rank takes part; only rank 0's numbers are used
+        if segm is not None:
+            segm.synchronize()
         if not self.dist.is_main:
             return {}
-        if self.cfg.eval.metric == "coco":
-            return evaluator.summarize()
+        if coco:
+            metrics = evaluator.summarize()
+            if segm is not None:
+                metrics.update({SEGM_PREFIX + k: v for k, v in segm.summarize().items()})
+            return metrics
         summary = evaluator.summarize()
         metrics = {"mAP": float(summary["mAP"])}
         metrics.update({f"AP_{name}": float(ap) for name, ap in summary["per_class_AP"].items()})
         return metrics
 
     def draw_predictions(self, model: nn.Module, dataset: Dataset, out_dir: str | os.PathLike, num: int) -> list[Path]:
-        """PNGs of ground truth (left) and detections scoring >= ``eval.score_threshold`` (right)."""
+        """PNGs of ground truth (left) and detections scoring >= ``eval.score_threshold`` (right), masks included."""
         files = []
         names = getattr(dataset, "class_names", None) or self.class_names
         for i in range(min(num, len(dataset))):  # type: ignore[arg-type]
             image, target = dataset[i]
             output = self.predict(model, [image], self.device)[0]
             canvas = render_image(image)  # 8-bit RGB view of any channel count / intensity range
-            truth = draw_detections(canvas, target["boxes"], target["labels"], class_names=names)
+            truth = draw_detections(
+                canvas, target["boxes"], target["labels"], class_names=names, masks=target.get("masks")
+            )
             pred = draw_detections(
                 canvas,
                 output["boxes"],
@@ -389,6 +443,7 @@ class DetectionTask(Task):
                 output["scores"],
                 class_names=names,
                 score_threshold=self.cfg.eval.score_threshold,
+                masks=output.get("masks"),
             )
             shown = output["scores"] >= self.cfg.eval.score_threshold
             legend = legend_entries([*target["labels"].tolist(), *output["labels"][shown].tolist()], names)
@@ -398,20 +453,22 @@ class DetectionTask(Task):
 
 
 def _check_kwargs(name: str, extra: dict[str, Any]) -> None:
-    """Reject ``model.kwargs`` keys that neither the builder nor ``FasterRCNN`` knows.
+    """Reject ``model.kwargs`` keys that neither the builder nor its torchvision model class knows.
 
-    torchvision's ``FasterRCNN`` passes unknown keywords on to its transform, which drops them silently, so a
+    torchvision's detectors pass unknown keywords on to their transform, which drops them silently, so a
     misspelt option would otherwise have no effect.
     """
     known: set[str] = set()
-    for fn in (DETECTION_MODELS[name], FasterRCNN.__init__, GeneralizedRCNNTransform.__init__):
+    classes = [c.__init__ for c in DETECTION_MODEL_TYPES[name].__mro__ if "__init__" in vars(c) and c is not object]
+    for fn in (DETECTION_MODELS[name], *classes, GeneralizedRCNNTransform.__init__):
         params = inspect.signature(fn).parameters.values()
         known |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     known -= {"self", "_skip_resize"}
     unknown = sorted(set(extra) - known)
     if unknown:
         raise ConfigError(
-            f"model.kwargs.{unknown[0]}: not an option of {name} or torchvision's FasterRCNN (see their signatures)"
+            f"model.kwargs.{unknown[0]}: not an option of {name} or torchvision's "
+            f"{DETECTION_MODEL_TYPES[name].__name__} (see their signatures)"
         )
 
 
