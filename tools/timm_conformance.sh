@@ -2,8 +2,9 @@
 # timm's own model tests (tests/test_models.py from the sdist of the installed timm) on the se_plugin_* models.
 #
 #   tools/timm_conformance.sh           CI subset: one model of each block kind, every marker timm's CI runs
-#   tools/timm_conformance.sh --all     every se_plugin_* model and every test that downloads no weights
-#                                       (also the unmarked FX+TorchScript and prune contract tests; hours on 2 cores)
+#   tools/timm_conformance.sh --all     the same tests on every se_plugin_* model (about 20 min on 2 quiet cores)
+#   tools/timm_conformance.sh --all -m ""   also timm's unmarked tests (FX+TorchScript, the slow prune contract)
+# On a busy machine add -p no:timeout: timm's per-test timeouts (120 s) then measure the load, not the model.
 # Extra arguments go to pytest (e.g. -n 4). TIMM_TESTS_DIR keeps the unpacked sdist between runs.
 # `TORCH_BACKEND=se_plugins` is timm's own hook for importing a module before the tests collect their models.
 set -euo pipefail
@@ -18,14 +19,13 @@ if [[ ! -f "$src/tests/test_models.py" ]]; then
 fi
 if [[ $all == 1 ]]; then
   models=$(python -c "import timm, se_plugins; print(' '.join(timm.list_models('se_plugin_*')))")
-  markers=()
 else
   # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur; then one of each other family
   models="se_plugin_resnet18 se_plugin_resnet50 se_plugin_resnet26d se_plugin_resnet10t se_plugin_resnext50_32x4d
           se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18
           se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002"
-  markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 fi
+markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 selection=""
 for m in $models; do selection+="${selection:+ or }$m]"; done  # test ids end with "<model>]"
 cd "$src"
