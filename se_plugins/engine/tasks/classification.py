@@ -29,16 +29,17 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.tasks.base import Task
+from se_plugins.engine.tasks.worker_errors import ReportErrors, first_failure, raise_failure
 from se_plugins.errors import CheckpointError, ConfigError, DataError, SEPluginsError
 
 logger = logging.getLogger("se_plugins.engine")
@@ -49,35 +50,6 @@ MAX_PER_CLASS_METRICS = 20
 """``acc/<class>`` entries are reported for at most this many classes (ImageNet would log 1000 numbers)."""
 
 _RESERVED_KWARGS = ("num_classes", "pretrained", "pretrained_cfg_overlay")
-
-
-class _LoadFailure(NamedTuple):
-    """A data error caught in a DataLoader worker, re-raised in the main process with its one-line message."""
-
-    error_type: type[BaseException]
-    message: str
-
-
-class _ReportErrors(Dataset):
-    """Pass items through; in a worker turn ``SEPluginsError`` into a ``_LoadFailure`` item (see ``collate``)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, idx: int) -> Any:
-        try:
-            return self.dataset[idx]
-        except SEPluginsError as e:
-            if get_worker_info() is None:
-                raise
-            return _LoadFailure(type(e), str(e))
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.dataset.class_names)  # type: ignore[attr-defined]
 
 
 class ClassificationTask(Task):
@@ -132,7 +104,7 @@ class ClassificationTask(Task):
             return path if path.is_absolute() or not d.root else Path(d.root) / path
         return Path(d.root) / (d.train_split if train else d.val_split)
 
-    def _dataset(self, train: bool) -> _ReportErrors:
+    def _dataset(self, train: bool) -> ReportErrors:
         from se_plugins.data.classification import ImageFolderClassification, classification_transforms
 
         d = self.cfg.data
@@ -151,7 +123,7 @@ class ClassificationTask(Task):
                 f"{dataset.root}; set it to null to take the number from the data"
             )
         self.class_names = names
-        return _ReportErrors(dataset)
+        return ReportErrors(dataset)
 
     def _make_shapes(self) -> Path:
         from se_plugins.data.shapes_classification import make_shapes_classification
@@ -169,10 +141,8 @@ class ClassificationTask(Task):
 
     def collate(self, batch: Sequence[Any]) -> Any:
         """``(images [N, 3, S, S], labels [N])``, or the first data error a worker reported."""
-        for item in batch:
-            if isinstance(item, _LoadFailure):
-                return item
-        return default_collate(batch)
+        failure = first_failure(batch)
+        return failure if failure is not None else default_collate(batch)
 
     # ------------------------------------------------------------------------------------------ model
 
@@ -265,8 +235,7 @@ class ClassificationTask(Task):
 
     def prepare_batch(self, batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images, labels)`` of a loader batch on ``device`` (channels_last as configured); re-raises data errors."""
-        if isinstance(batch, _LoadFailure):
-            raise batch.error_type(batch.message)
+        raise_failure(batch)
         images, labels = batch
         images = images.to(device, non_blocking=True)
         if self.cfg.train.channels_last:

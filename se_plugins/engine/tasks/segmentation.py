@@ -32,13 +32,13 @@ import inspect
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models import ResNet
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
@@ -46,39 +46,11 @@ from torchvision.transforms.v2 import functional as TF
 from se_plugins.engine.config import config_classes
 from se_plugins.engine.distributed import main_process_first
 from se_plugins.engine.tasks.base import IMAGENET_MEAN, IMAGENET_STD, Task  # noqa: F401 (the defaults, re-exported)
+from se_plugins.engine.tasks.worker_errors import ReportErrors, first_failure, raise_failure
 from se_plugins.errors import ConfigError, DataError, SEPluginsError
 
 SCALE_RANGE = (0.5, 2.0)
 """Random rescale range of the training crop recipe, relative to ``data.image_size or data.crop_size``."""
-
-
-class LoadFailure(NamedTuple):
-    """A data error caught in a DataLoader worker, re-raised in the main process as one line."""
-
-    error_type: type[BaseException]
-    message: str
-
-
-class _ReportErrors(Dataset):
-    """Pass items through; in a worker process turn ``SEPluginsError`` into a ``LoadFailure`` item.
-
-    PyTorch re-raises worker exceptions with the worker's traceback in the message; returning the error as
-    data lets the task raise it in the main process with its original one-line message.
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, idx: int) -> Any:
-        try:
-            return self.dataset[idx]
-        except SEPluginsError as e:
-            if get_worker_info() is None:
-                raise
-            return LoadFailure(type(e), str(e))
 
 
 class SegmentationTask(Task):
@@ -106,11 +78,11 @@ class SegmentationTask(Task):
                 f"training classes {train.class_names} differ from validation classes "  # type: ignore[attr-defined]
                 f"{val.class_names}; set data.classes"  # type: ignore[attr-defined]
             )
-        return _ReportErrors(train), _ReportErrors(val)
+        return ReportErrors(train), ReportErrors(val)
 
     def build_val_dataset(self) -> Dataset:
         """The validation data set alone (``se-plugins eval``)."""
-        return _ReportErrors(self._dataset(train=False))
+        return ReportErrors(self._dataset(train=False))
 
     def _dataset(self, train: bool) -> Dataset:
         dcfg = self.cfg.data
@@ -224,9 +196,9 @@ class SegmentationTask(Task):
 
     def collate(self, batch: Sequence[Any]) -> Any:
         """``(images, masks)`` as lists (sizes may differ; ``train_step``/``evaluate`` pad them)."""
-        for item in batch:
-            if isinstance(item, LoadFailure):
-                return item
+        failure = first_failure(batch)
+        if failure is not None:
+            return failure
         images, masks = zip(*batch, strict=True) if batch else ((), ())
         return [img.as_subclass(torch.Tensor) for img in images], [m.as_subclass(torch.Tensor) for m in masks]
 
@@ -440,8 +412,7 @@ def drop_unused_encoder_stages(model: nn.Module) -> nn.Module:
 
 def _check_batch(batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Raise a data error a worker reported; else return ``(images, masks)``."""
-    if isinstance(batch, LoadFailure):
-        raise batch.error_type(batch.message)
+    raise_failure(batch)
     images, masks = batch
     for img, m in zip(images, masks, strict=True):
         if tuple(img.shape[-2:]) != tuple(m.shape[-2:]):
