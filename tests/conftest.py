@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from se_plugins import se_modules
+
 # Each xdist worker gets one thread: CI has 2 cores and runs 2 workers.
 torch.set_num_threads(int(os.environ.get("SE_PLUGINS_TEST_THREADS", "1")))
 
@@ -45,3 +47,17 @@ def rounding_tolerance(expected, *, layers: int, fan_in: int, dtype: torch.dtype
     tensors = expected if isinstance(expected, list | tuple) else [expected]
     scale = max(float(t.detach().abs().max()) for t in tensors)
     return layers * math.sqrt(fan_in) * torch.finfo(dtype).eps * max(scale, 1.0)
+
+
+def same_ops_close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to 1e-5 relative to the output size: both sides run the same ops in the same order
+    (scripted, traced or compiled against eager), so only an elementwise reassociation can differ."""
+    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def random_se(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with trained-like norms and the paper's random SE init, so SE changes its outputs."""
+    randomize_norm_stats(model)
+    for se in se_modules(model).values():
+        se.reset_parameters("random")
+    return model.eval()

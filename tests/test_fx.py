@@ -11,34 +11,22 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from se_plugins import SE_POSITIONS, add_se, se_modules
-from tests.conftest import randomize_norm_stats
-
-
-def _random_se(model: torch.nn.Module) -> torch.nn.Module:
-    randomize_norm_stats(model)
-    for se in se_modules(model).values():
-        se.reset_parameters("random")
-    return model.eval()
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    # the graph runs the eager model's ops in the same order: only the 1e-5, relative to the output size
-    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+from se_plugins import SE_POSITIONS, add_se
+from tests.conftest import random_se, same_ops_close
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("name", ["se_plugin_resnet18", "se_plugin_resnet26d"])
 def test_symbolic_trace_matches_eager(name, grad, rng_input):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(name, num_classes=5, se_init="random"))
+    model = random_se(timm.create_model(name, num_classes=5, se_init="random"))
     x = rng_input(2, 3, 64, 64)
     with torch.set_grad_enabled(grad):
         graph = torch.fx.symbolic_trace(model)
     assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)  # no in-place form recorded
     for run_grad in (True, False):  # a graph traced either way runs either way
         with torch.set_grad_enabled(run_grad):
-            assert _close(graph(x), model(x))
+            assert same_ops_close(graph(x), model(x))
     graph(x).sum().backward()  # and it trains: autograd through the traced SE
     assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
 
@@ -46,17 +34,17 @@ def test_symbolic_trace_matches_eager(name, grad, rng_input):
 @pytest.mark.parametrize("position", SE_POSITIONS)
 def test_symbolic_trace_every_position(position, rng_input):
     torch.manual_seed(0)
-    model = _random_se(add_se(torchvision.models.resnet18(num_classes=5), position=position, init="random"))
+    model = random_se(add_se(torchvision.models.resnet18(num_classes=5), position=position, init="random"))
     x = rng_input(1, 3, 64, 64)
     with torch.no_grad():
         graph = torch.fx.symbolic_trace(model)
-        assert _close(graph(x), model(x))
+        assert same_ops_close(graph(x), model(x))
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_torchvision_create_feature_extractor(grad, rng_input):
     torch.manual_seed(0)
-    model = _random_se(add_se(torchvision.models.resnet50(), init="random"))
+    model = random_se(add_se(torchvision.models.resnet50(), init="random"))
     x = rng_input(1, 3, 64, 64)
     nodes = {"layer1": "c2", "layer2": "c3", "layer4": "c5"}
     with torch.set_grad_enabled(grad):
@@ -64,15 +52,15 @@ def test_torchvision_create_feature_extractor(grad, rng_input):
         features = extractor(x)
         expected = {"c2": model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))}
     assert set(features) == {"c2", "c3", "c5"}
-    assert _close(features["c2"], expected["c2"])
+    assert same_ops_close(features["c2"], expected["c2"])
     with torch.no_grad():
-        assert _close(extractor(x)["c5"], create_feature_extractor(model, return_nodes=nodes)(x)["c5"])
+        assert same_ops_close(extractor(x)["c5"], create_feature_extractor(model, return_nodes=nodes)(x)["c5"])
 
 
 def test_timm_fx_features_have_se_and_match_hook_features(rng_input):
     torch.manual_seed(0)
     fx = timm.create_model("se_plugin_resnet18", features_only=True, feature_cls="fx", se_init="random")
-    listed = _random_se(timm.create_model("se_plugin_resnet18", features_only=True, se_init="random"))
+    listed = random_se(timm.create_model("se_plugin_resnet18", features_only=True, se_init="random"))
     # the FX graph inlines the SE forward: its SE parameters are there (traced before wrapping)
     assert sum(".se.fc1.weight" in k for k in fx.state_dict()) == 8
     fx.load_state_dict({f"graph_module.{k}": v for k, v in listed.state_dict().items()})
@@ -82,4 +70,4 @@ def test_timm_fx_features_have_se_and_match_hook_features(rng_input):
         listed.train(train)
         with torch.no_grad():
             for a, b in zip(fx(x), listed(x), strict=True):
-                assert _close(a, b)
+                assert same_ops_close(a, b)

@@ -17,8 +17,8 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.segmentation import se_unet
-from tests.conftest import randomize_norm_stats
-from tests.test_torchscript import _random_se, assert_scripted_matches
+from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
 
 SMALL_ARCH = "mobilenetv2_050"
 # expanded (SE) widths of mobilenetv2_100's 17 blocks: the depthwise-separable first block, then 6 x block input
@@ -30,11 +30,6 @@ def _models():
         "timm": lambda: timm.create_model(SMALL_ARCH, num_classes=5),
         "torchvision": lambda: torchvision.models.mobilenet_v2(num_classes=5, width_mult=0.5),
     }
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    # the same ops in the same order on both sides: the issue's 1e-5, relative to the output size
-    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -81,7 +76,7 @@ def test_identity_init_keeps_outputs_and_keys(kind, rng_input):
         add_se(model)
         after = model(x)
     assert has_se(model) and len(se_modules(model)) == 17  # every block, residual add or not
-    assert _close(after, before)
+    assert same_ops_close(after, before)
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert all(".se." in k for k in set(state) - set(before_state))
@@ -95,8 +90,8 @@ def test_identity_init_keeps_outputs_and_keys(kind, rng_input):
 def test_se_sits_after_the_depthwise_conv(rng_input):
     """Each block against its own layers composed by hand: expand, depthwise, SE, project (+ shortcut)."""
     torch.manual_seed(0)
-    tv = _random_se(add_se(torchvision.models.mobilenet_v2(width_mult=0.5), init="random"))
-    tm = _random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", se_init="random"))
+    tv = random_se(add_se(torchvision.models.mobilenet_v2(width_mult=0.5), init="random"))
+    tm = random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", se_init="random"))
     with torch.no_grad():
         for block, residual in ((tv.features[2], False), (tv.features[3], True)):  # stride 2, then a residual add
             x = rng_input(1, block.conv[0][0].in_channels, 16, 16)
@@ -137,15 +132,15 @@ def test_pretrained_base_weights_through_timm(base_file):
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _close(ours(x), base(x))
+        assert same_ops_close(ours(x), base(x))
         feats = timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(SMALL_ARCH, features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and has_se(feats)
         for a, b in zip(feats(x), base_feats(x), strict=True):
-            assert _close(a, b)
+            assert same_ops_close(a, b)
         final, inter = ours.forward_intermediates(x)
         base_final, base_inter = base.forward_intermediates(x)
-        assert all(_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
 
 
 @pytest.mark.slow
@@ -157,40 +152,40 @@ def test_torchscript_matches_eager(kind, rng_input):
         "timm_features": lambda: timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True, se_init="random"),
         "torchvision": lambda: add_se(torchvision.models.mobilenet_v2(num_classes=5, width_mult=0.5), init="random"),
     }[kind]
-    assert_scripted_matches(_random_se(build()), rng_input(2, 3, 64, 64))
+    assert_scripted_matches(random_se(build()), rng_input(2, 3, 64, 64))
 
 
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("kind", list(_models()))
 def test_fx_trace_matches_eager_and_trains(kind, grad, rng_input):
     torch.manual_seed(0)
-    model = _random_se(add_se(_models()[kind](), init="random"))
+    model = random_se(add_se(_models()[kind](), init="random"))
     x = rng_input(2, 3, 64, 64)
     with torch.set_grad_enabled(grad):
         graph = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        assert _close(graph(x), model(x))
+        assert same_ops_close(graph(x), model(x))
     graph(x).sum().backward()
     assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
 
 
 def test_fx_features_have_se(rng_input):
     fx = timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True, feature_cls="fx")
-    listed = _random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True))
+    listed = random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True))
     assert sum(".se.fc1.weight" in k for k in fx.state_dict()) == 17
     fx.load_state_dict({f"graph_module.{k}": v for k, v in listed.state_dict().items()})
     x = rng_input(1, 3, 64, 64)
     with torch.no_grad():
-        assert all(_close(a, b) for a, b in zip(fx.eval()(x), listed(x), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(fx.eval()(x), listed(x), strict=True))
 
 
 @pytest.mark.slow
 def test_compile_fullgraph(rng_input):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", num_classes=5, se_init="random"))
+    model = random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", num_classes=5, se_init="random"))
     x = rng_input(2, 3, 64, 64)
     with torch.no_grad():
-        assert _close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
 
 
 @pytest.mark.slow

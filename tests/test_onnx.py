@@ -10,21 +10,13 @@ import pytest
 import timm
 import torch
 
-from se_plugins import se_modules
 from se_plugins.segmentation import se_unet
-from tests.conftest import randomize_norm_stats
+from tests.conftest import random_se
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 EXPORTERS = {"torchscript": dict(dynamo=False, opset_version=17), "dynamo": dict(dynamo=True, opset_version=18)}
-
-
-def _random_se(model: torch.nn.Module) -> torch.nn.Module:
-    randomize_norm_stats(model)
-    for se in se_modules(model).values():
-        se.reset_parameters("random")
-    return model.eval()
 
 
 def _export_and_run(model: torch.nn.Module, x: torch.Tensor, path, exporter: str) -> np.ndarray:
@@ -49,7 +41,7 @@ def _assert_matches(actual: np.ndarray, model: torch.nn.Module, x: torch.Tensor)
 @pytest.mark.parametrize("exporter", list(EXPORTERS))
 def test_se_classifier_runs_in_onnxruntime(exporter, tmp_path, rng_input):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model("se_plugin_resnet18", num_classes=5, se_init="random"))
+    model = random_se(timm.create_model("se_plugin_resnet18", num_classes=5, se_init="random"))
     x = rng_input(2, 3, 64, 64)
     _assert_matches(_export_and_run(model, x, tmp_path / "classifier.onnx", exporter), model, x)
 
@@ -58,6 +50,6 @@ def test_se_classifier_runs_in_onnxruntime(exporter, tmp_path, rng_input):
 @pytest.mark.parametrize("exporter", list(EXPORTERS))
 def test_se_unet_runs_in_onnxruntime(exporter, tmp_path, rng_input):
     torch.manual_seed(0)
-    model = _random_se(se_unet("resnet18", 3, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random"))
+    model = random_se(se_unet("resnet18", 3, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random"))
     x = rng_input(1, 3, 64, 64)
     _assert_matches(_export_and_run(model, x, tmp_path / "unet.onnx", exporter), model, x)

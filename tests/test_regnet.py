@@ -15,8 +15,8 @@ import torchvision
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from se_plugins.detection import fasterrcnn_timm_fpn
-from tests.conftest import randomize_norm_stats
-from tests.test_torchscript import _random_se, assert_scripted_matches
+from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "regnetx_002"
 
@@ -26,11 +26,6 @@ def _models():
         "timm": lambda: timm.create_model(ARCH, num_classes=5),
         "torchvision": lambda: torchvision.models.regnet_x_400mf(num_classes=5),
     }
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    # the same ops in the same order on both sides: the 1e-5, relative to the output size
-    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -81,11 +76,11 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     assert all(torch.equal(ours_state[k], v) for k, v in state.items())
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert _close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(_x()), base(_x()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
 
 
 @pytest.mark.parametrize("kind", list(_models()))
@@ -96,7 +91,7 @@ def test_identity_init_keeps_outputs_and_keys(kind):
     with torch.no_grad():
         before = model(_x())
         add_se(model)
-        assert _close(model(_x()), before)
+        assert same_ops_close(model(_x()), before)
         for se in se_modules(model).values():
             se.reset_parameters("random")
         assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
@@ -107,8 +102,8 @@ def test_identity_init_keeps_outputs_and_keys(kind):
 
 def test_se_sits_after_the_group_conv():
     torch.manual_seed(0)
-    tv = _random_se(add_se(torchvision.models.regnet_x_400mf(), init="random"))
-    tm = _random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random"))
+    tv = random_se(add_se(torchvision.models.regnet_x_400mf(), init="random"))
+    tm = random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random"))
     with torch.no_grad():
         block = tv.trunk_output.block2[0]  # with a projection shortcut
         x = torch.randn(1, block.f.a[0].in_channels, 16, 16)
@@ -136,19 +131,19 @@ def test_options_and_errors():
 @pytest.mark.parametrize("kind", ["timm", "torchvision"])
 def test_torchscript_fx_and_compile_match_eager(kind):
     torch.manual_seed(0)
-    model = _random_se(add_se(_models()[kind](), init="random"))
+    model = random_se(add_se(_models()[kind](), init="random"))
     x = _x()
     assert_scripted_matches(model, x)
     for grad in (True, False):
         with torch.set_grad_enabled(grad):
             graph = torch.fx.symbolic_trace(model)
         with torch.no_grad():
-            assert _close(graph(x), model(x))
+            assert same_ops_close(graph(x), model(x))
     graph(x).sum().backward()
     assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
     if kind == "timm":
         with torch.no_grad():
-            assert _close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+            assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
 
 
 @pytest.mark.slow

@@ -10,15 +10,10 @@ import torch
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.detection import fasterrcnn_timm_fpn
-from tests.conftest import randomize_norm_stats, rounding_tolerance
-from tests.test_torchscript import _random_se, assert_scripted_matches
+from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "resnetv2_18"
-
-
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    # the same ops in the same order on both sides: the 1e-5, relative to the output size
-    return (actual - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -46,7 +41,7 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     with torch.no_grad():
         before = model(_x())
         add_se(model)
-        assert _close(model(_x()), before)
+        assert same_ops_close(model(_x()), before)
         for se in se_modules(model).values():
             se.reset_parameters("random")
         assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
@@ -58,7 +53,7 @@ def test_identity_init_keeps_outputs_and_keys(arch):
 @pytest.mark.parametrize("position", ["standard", "post"])
 def test_positions_against_the_block_composed_by_hand(position):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(f"se_plugin_{ARCH}", se_position=position, se_init="random"))
+    model = random_se(timm.create_model(f"se_plugin_{ARCH}", se_position=position, se_init="random"))
     with torch.no_grad():
         for block in (model.stages[1].blocks[0], model.stages[1].blocks[1]):  # projection, then identity shortcut
             x = torch.randn(1, block.conv1.in_channels, 16, 16)
@@ -104,17 +99,17 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert all(torch.equal(ours_state[k], v) for k, v in state.items())
     with torch.no_grad():
-        assert _close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(_x()), base(_x()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.channels() == [64, 64, 128, 256, 512]
-        assert all(_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
+    model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
     x = _x()
     assert_scripted_matches(model, x)
     for grad in (True, False):
@@ -122,11 +117,11 @@ def test_torchscript_fx_and_compile_match_eager():
             graph = torch.fx.symbolic_trace(model)
         assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)  # the functional SE form
         with torch.no_grad():
-            assert _close(graph(x), model(x))
+            assert same_ops_close(graph(x), model(x))
     graph(x).sum().backward()
     assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
     with torch.no_grad():
-        assert _close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import torch
 
 from se_plugins import add_se, has_se, se_modules
 from se_plugins.segmentation import se_unet
-from tests.conftest import randomize_norm_stats
+from tests.conftest import random_se
 
 ENCODERS = ["tu-se_plugin_resnet18", "tu-se_plugin_resnet50d"]
 STRIDES = [1, 2, 4, 8, 16, 32]
@@ -69,11 +69,7 @@ def test_encoder_dilated(name, rng_input):
 
 def _unet(encoder: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = se_unet(encoder, 2, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random")
-    randomize_norm_stats(model)
-    for se in se_modules(model).values():
-        se.reset_parameters("random")
-    return model.eval()
+    return random_se(se_unet(encoder, 2, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random"))
 
 
 @pytest.mark.parametrize("encoder", ["resnet18", "tu-se_plugin_resnet18"])

@@ -14,7 +14,7 @@ import torchvision
 from se_plugins import SE_POSITIONS, add_se, se_modules
 from se_plugins.detection import fasterrcnn_se_resnet50_fpn, fasterrcnn_se_resnet50_fpn_v2, fasterrcnn_timm_fpn
 from se_plugins.segmentation import add_decoder_se, decoder_se_modules, se_unet
-from tests.conftest import randomize_norm_stats
+from tests.conftest import random_se, same_ops_close
 
 # one of each block kind: basic, bottleneck, ResNet-D, ResNet-T (deep stem), ResNeXt, GroupNorm, AA, blur
 CLASSIFIERS = [
@@ -37,13 +37,6 @@ def _flat(out) -> list[torch.Tensor]:
     return [t for v in out for t in _flat(v)]
 
 
-def _random_se(model: torch.nn.Module) -> torch.nn.Module:
-    randomize_norm_stats(model)
-    for se in se_modules(model).values():
-        se.reset_parameters("random")
-    return model.eval()
-
-
 def assert_scripted_matches(model: torch.nn.Module, *inputs) -> None:
     """Script ``model`` and compare with eager, autograd on and off (the fused SE path differs between them).
 
@@ -56,14 +49,14 @@ def assert_scripted_matches(model: torch.nn.Module, *inputs) -> None:
         assert len(actual) == len(expected)
         for a, e in zip(actual, expected, strict=True):
             assert a.shape == e.shape
-            assert (a - e).abs().max().item() <= 1e-5 * max(1.0, e.abs().max().item())
+            assert same_ops_close(a, e)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_se_plugin_classifier_scripts(name, rng_input):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(name, num_classes=7, se_init="random"))
+    model = random_se(timm.create_model(name, num_classes=7, se_init="random"))
     assert_scripted_matches(model, rng_input(2, 3, 64, 64))
 
 
@@ -71,7 +64,7 @@ def test_se_plugin_classifier_scripts(name, rng_input):
 @pytest.mark.parametrize("name", ["se_plugin_resnet18", "se_plugin_resnet50d"])
 def test_se_plugin_features_only_scripts(name, rng_input):
     torch.manual_seed(0)
-    model = _random_se(timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)))
+    model = random_se(timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4)))
     assert_scripted_matches(model, rng_input(1, 3, 64, 64))
 
 
@@ -90,7 +83,7 @@ def _add_se_models():
 @pytest.mark.parametrize("kind", list(_add_se_models()))
 def test_add_se_model_scripts_in_every_position(kind, position, rng_input):
     torch.manual_seed(0)
-    model = _random_se(add_se(_add_se_models()[kind](), position=position, init="random"))
+    model = random_se(add_se(_add_se_models()[kind](), position=position, init="random"))
     assert_scripted_matches(model, rng_input(2, 3, 64, 64))
 
 
@@ -98,10 +91,10 @@ def test_add_se_model_scripts_in_every_position(kind, position, rng_input):
 @pytest.mark.parametrize("encoder", ["resnet18", "tu-se_plugin_resnet18"])
 def test_se_unet_scripts(encoder, rng_input):
     torch.manual_seed(0)
-    model = _random_se(se_unet(encoder, 3, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random"))
+    model = random_se(se_unet(encoder, 3, encoder_depth=4, decoder_channels=(64, 32, 16, 8), se_init="random"))
     assert len(decoder_se_modules(model)) == 4 and len(se_modules(model.encoder)) >= 6  # stages 1..3 at least
     assert_scripted_matches(model, rng_input(1, 3, 64, 64))
-    plain_decoder = _random_se(add_decoder_se(smp.Unet("resnet18", encoder_weights=None, encoder_depth=3,
+    plain_decoder = random_se(add_decoder_se(smp.Unet("resnet18", encoder_weights=None, encoder_depth=3,
                                                        decoder_channels=(32, 16, 8)), init="random"))  # fmt: skip
     assert_scripted_matches(plain_decoder, rng_input(1, 3, 64, 64))
 
@@ -127,7 +120,7 @@ def test_se_faster_rcnn_scripts(build):
     eager for a randomly initialised detector without SE (seen with torchvision 0.29).
     """
     torch.manual_seed(0)
-    model = _random_se(build())
+    model = random_se(build())
     scripted = torch.jit.script(model)
     images = [torch.rand(3, 100, 120, generator=torch.Generator().manual_seed(1))]
     with torch.no_grad():
