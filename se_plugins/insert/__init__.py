@@ -20,12 +20,14 @@ from . import (  # noqa: F401  (register the adapters)
 )
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused
 from .block import SE_POSITIONS, SEResidualBlock
+from .output_block import SEOutputBlock
 from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks
 
 __all__ = [
     "SE_POSITIONS",
     "SEAdapter",
     "SEPosition",
+    "SEOutputBlock",
     "SEResidualBlock",
     "adapter_for",
     "add_se",

@@ -64,7 +64,7 @@ def add_se(
     *,
     reduction: float = 16,
     stages: Iterable[int] | None = None,
-    position: SEPosition = "standard",
+    position: SEPosition | None = None,
     init: SEInit = "identity",
     fused: bool = True,
 ) -> nn.Module:
@@ -75,7 +75,9 @@ def add_se(
             encoder or a whole smp model); see :func:`se_plugins.register_se_block` for your own blocks.
         reduction: SE reduction ratio r (hidden width ``make_divisible(C / r, 8)`` as in timm).
         stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7); ``None`` = all.
-        position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation).
+        position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation);
+            ``None`` (default): each family's own (``"standard"`` for residual blocks, ``"post"`` -- the
+            module's output -- for families without a residual add).
         init: ``"identity"``: the model computes exactly the same function as before (pretrained weights stay
             valid); ``"random"``: the paper's initialisation.
         fused: Fold the channel scale into the residual add (same results, less memory traffic).
@@ -92,7 +94,7 @@ def add_se(
         >>> "layer1.0.se.fc1.weight" in model.state_dict()
         True
     """
-    if position not in SE_POSITIONS:
+    if position is not None and position not in SE_POSITIONS:
         raise ValueError(f"add_se: position must be one of {SE_POSITIONS}, got {position!r}")
     if init not in SE_INITS:
         raise ValueError(f"add_se: init must be one of {SE_INITS}, got {init!r}")
@@ -107,7 +109,7 @@ def add_se(
     for name, block, adapter in blocks:
         if _block_has_se(block, adapter):
             raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")
-        if position not in adapter.positions:
+        if position is not None and position not in adapter.positions:
             raise ValueError(
                 f"add_se: position {position!r} is not supported by {adapter.description} (block {name!r}); "
                 f"supported: {adapter.positions}"
@@ -122,10 +124,11 @@ def add_se(
         ref = next(block.parameters())
         hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
         dd = {"device": ref.device, "dtype": ref.dtype}
-        se = SqueezeExcite(adapter.channels(block, position), reduction, hidden_channels=hidden, init=init, **dd)
+        block_position = adapter.positions[0] if position is None else position
+        se = SqueezeExcite(adapter.channels(block, block_position), reduction, hidden_channels=hidden, init=init, **dd)
         block.__class__ = adapter.se_class
         block.se = se
-        block.se_position = position
+        block.se_position = block_position
         block.se_fused = fused
     return model
 

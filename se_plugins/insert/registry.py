@@ -27,7 +27,7 @@ class SEAdapter:
         se_class: The class the block's class is switched to: a subclass of :class:`SEResidualBlock` and of the
             block class, defining ``residual`` and ``final_act``.
         channels: ``channels(block, position)`` -> the channel count SE sees at ``position``.
-        positions: The positions this family supports.
+        positions: The positions this family supports; the first is its default (``add_se(position=None)``).
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
         num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``).
@@ -80,7 +80,8 @@ def register_se_block(
         se_class: ``class MySEBlock(SEResidualBlock, MyBlock)`` defining ``residual(x)`` (the branch up to its
             last norm) and ``final_act(x)`` (what follows the add); ``shortcut(x)`` defaults to ``downsample``.
         channels: ``channels(block, position)`` -> channels SE sees (for ``"pre"`` the block input's).
-        positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports.
+        positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports (the first is its
+            default). A module without a residual add subclasses :class:`SEOutputBlock` and takes ``("post",)``.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
         num_stages: How many stages the family has (ResNets: 4).
