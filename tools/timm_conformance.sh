@@ -6,6 +6,7 @@
 #   tools/timm_conformance.sh --all -m ""   also timm's unmarked tests (FX+TorchScript, the slow prune contract)
 # On a busy machine add -p no:timeout: timm's per-test timeouts (120 s) then measure the load, not the model.
 # Extra arguments go to pytest (e.g. -n 4). TIMM_TESTS_DIR keeps the unpacked sdist between runs.
+# SE_MODELS="se_plugin_a se_plugin_b" tools/timm_conformance.sh   the same tests on the models named.
 # `TORCH_BACKEND=se_plugins` is timm's own hook for importing a module before the tests collect their models.
 set -euo pipefail
 all=0
@@ -17,7 +18,9 @@ if [[ ! -f "$src/tests/test_models.py" ]]; then
   python -m pip download --quiet --no-deps --no-binary :all: "timm==$version" -d "$work"
   tar -xzf "$work/timm-$version.tar.gz" -C "$work"
 fi
-if [[ $all == 1 ]]; then
+if [[ -n "${SE_MODELS:-}" ]]; then
+  models="$SE_MODELS"
+elif [[ $all == 1 ]]; then
   models=$(python -c "import timm, se_plugins; print(' '.join(timm.list_models('se_plugin_*')))")
 else
   # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur; then one of each other family
