@@ -11,7 +11,11 @@ The forward is written for every way a model is run: eager, ``torch.compile`` / 
 attribute types from the values.
 """
 
+from typing import Optional
+
 import torch
+
+from .scale_add import ScaleAdd, affine_of
 
 SE_POSITIONS = ("standard", "pre", "post", "identity")
 
@@ -42,6 +46,10 @@ class SEResidualBlock:
     (``shortcut + branch * gate`` in one ``addcmul``), so the scaled branch is never materialised; with autograd off
     (eager or TorchScript) the result is written into the branch output, as timm's ``x += shortcut`` does.
 
+    In eager training, blocks that name their last norm (``last_norm = "bn3"``, with ``residual_before_norm(x)``
+    the branch up to it) use :class:`~se_plugins.insert.scale_add.ScaleAdd`, which keeps the norm's input instead
+    of its output for backward: SE then costs no activation memory beyond its gate vectors.
+
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
     """
@@ -66,8 +74,34 @@ class SEResidualBlock:
         """Whether ``branch_drop`` changes its input now (then the scale cannot be folded into the add)."""
         return False
 
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - blocks with last_norm
+        """The residual branch up to (not including) the norm named by ``last_norm``."""
+        raise NotImplementedError
+
+    @torch.jit.unused
+    def _fused_add_in_training(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:
+        """``shortcut + residual(x) * gate`` for eager training, saving memory where it can; None elsewhere."""
+        norm_name = getattr(type(self), "last_norm", None)
+        if norm_name is None or not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy):
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        norm = getattr(self, norm_name)
+        z = self.residual_before_norm(x)
+        out = norm(z)
+        gate = self.se.gate(out)
+        affine = affine_of(norm, z)
+        if affine is None:
+            return torch.addcmul(shortcut, out, gate)
+        return ScaleAdd.apply(shortcut, out, gate, z, *affine)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
+        if self.se_position == "standard" and self.se_fused and not self.drop_path_active():
+            if not torch.jit.is_scripting():
+                added = self._fused_add_in_training(x, shortcut)
+                if added is not None:
+                    return self.final_act(added)
         if self.se_position == "pre":
             x = self.se(x)
         out = self.residual(x)

@@ -22,9 +22,14 @@ class _TimmDropPath:
 class SETimmBasicBlock(_TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
     """timm ``BasicBlock`` with SE."""
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    last_norm = "bn2"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.drop_block(self.bn1(self.conv1(x))))
-        return self.bn2(self.conv2(self.aa(x)))
+        return self.conv2(self.aa(x))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.residual_before_norm(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.act2(x)
@@ -33,10 +38,15 @@ class SETimmBasicBlock(_TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
 class SETimmBottleneck(_TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
     """timm ``Bottleneck`` with SE."""
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    last_norm = "bn3"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-        return self.bn3(self.conv3(x))
+        return self.conv3(x)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.residual_before_norm(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.act3(x)

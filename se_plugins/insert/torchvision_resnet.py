@@ -10,8 +10,13 @@ from .registry import conv_channels, register_se_block
 class SETorchvisionBasicBlock(SEResidualBlock, tv_resnet.BasicBlock):
     """torchvision ``BasicBlock`` with SE."""
 
+    last_norm = "bn2"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.bn2(self.residual_before_norm(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x)
@@ -20,10 +25,15 @@ class SETorchvisionBasicBlock(SEResidualBlock, tv_resnet.BasicBlock):
 class SETorchvisionBottleneck(SEResidualBlock, tv_resnet.Bottleneck):
     """torchvision ``Bottleneck`` with SE."""
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    last_norm = "bn3"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
-        return self.bn3(self.conv3(x))
+        return self.conv3(x)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.residual_before_norm(x))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x)

@@ -1,0 +1,170 @@
+"""The memory-saving fused SE add in training (insert/scale_add.py): same gradients, no kept branch output."""
+
+import copy
+import math
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, se_modules, set_se_fused
+from se_plugins.insert.scale_add import ScaleAdd, affine_of
+from tests.conftest import randomize_norm_stats
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, ops: int) -> bool:
+    """Equal up to ``ops`` roundings of sums of up to ``fan_in`` terms, relative to the tensor's size."""
+    eps = torch.finfo(expected.dtype).eps
+    fan_in = max(expected.numel(), 1)
+    return (actual - expected).abs().max().item() <= ops * math.sqrt(fan_in) * eps * expected.abs().max().item()
+
+
+def _bn(channels: int, training: bool) -> nn.BatchNorm2d:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(channels).train(training)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.5, 2.0)
+    return bn
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_scale_add_equals_addcmul_after_batchnorm(training):
+    bn = _bn(16, training)
+    torch.manual_seed(1)
+    z = (torch.randn(4, 16, 6, 6) * 3 + 1).requires_grad_()
+    shortcut = torch.randn(4, 16, 6, 6, requires_grad=True)
+    gate = torch.rand(4, 16, 1, 1, requires_grad=True)
+    weight = torch.randn(4, 16, 6, 6)
+    state = copy.deepcopy(bn.state_dict())
+
+    def run(add):
+        bn.load_state_dict(state)
+        for t in (z, shortcut, gate, bn.weight, bn.bias):
+            t.grad = None
+        y = add(bn(z))
+        (y * weight).sum().backward()
+        return y.detach(), [t.grad.clone() for t in (z, shortcut, gate, bn.weight, bn.bias)]
+
+    y_ref, grads_ref = run(lambda out: torch.addcmul(shortcut, out, gate))
+    y, grads = run(lambda out: ScaleAdd.apply(shortcut, out, gate, z, *affine_of(bn, z)))
+    assert torch.equal(y, y_ref)  # the forward is the same addcmul
+    assert torch.equal(grads[1], grads_ref[1])  # shortcut: the incoming gradient
+    for actual, expected in zip(grads, grads_ref, strict=True):
+        assert _close(actual, expected, ops=8)
+
+
+def test_affine_of_covers_batchnorm_only():
+    z = torch.randn(2, 4, 3, 3)
+    assert affine_of(nn.GroupNorm(2, 4), z) is None
+    assert affine_of(torchvision.ops.misc.FrozenBatchNorm2d(4), z) is None  # keeps nothing of z: no gain
+    assert affine_of(nn.SyncBatchNorm(4).train(), z) is None  # statistics over all processes
+    assert affine_of(nn.BatchNorm2d(4, affine=False), z) is None
+    mean, a, beta = affine_of(_bn(4, False), z)
+    torch.testing.assert_close((z - mean.view(1, -1, 1, 1)) * a.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1),
+                               _bn(4, False)(z), rtol=0, atol=4 * torch.finfo(z.dtype).eps * 8)
+
+
+_MODELS = {
+    "timm_bottleneck": lambda: timm.create_model("se_plugin_resnet26", num_classes=10),
+    "timm_basic": lambda: timm.create_model("se_plugin_resnet18", num_classes=10),
+    "torchvision_basic": lambda: add_se(torchvision.models.resnet18(num_classes=10)),
+}
+
+
+def _model(kind: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    model = randomize_norm_stats(_MODELS[kind]()).to(dtype)
+    for se in se_modules(model).values():
+        se.reset_parameters("random")
+    return model
+
+
+def _grads(model: nn.Module, x: torch.Tensor, target: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
+    model.load_state_dict(state)  # train mode updates the running statistics
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), target).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", list(_MODELS))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_model_gradients_equal_the_plain_implementation(kind, training):
+    # float64: train-mode BatchNorm over the few values of a small test batch's last stage is ill-conditioned (an
+    # fp32 rounding difference can grow ~1e5-fold there, for the plain SE as much as for ours); in float64 the same
+    # amplification stays far below 1e-6
+    model = _model(kind, torch.float64).train(training)
+    torch.manual_seed(2)
+    x, target = torch.randn(4, 3, 64, 64, dtype=torch.float64), torch.randint(0, 10, (4,))
+    state = copy.deepcopy(model.state_dict())
+    fused = _grads(model, x, target, state)
+    plain = _grads(set_se_fused(model, False), x, target, state)
+    assert fused.keys() == plain.keys()
+    for name in plain:
+        scale = plain[name].abs().max().item()
+        assert (fused[name] - plain[name]).abs().max().item() <= 1e-6 * scale, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_gradients_match_addcmul(dtype):
+    """Under autocast the block's gradients equal those of the addcmul path (same forward, same kernels) up to the
+    half-precision rounding of the gate gradient, which ScaleAdd accumulates in float32."""
+    bn = _bn(32, True)
+    torch.manual_seed(3)
+    z = torch.randn(4, 32, 8, 8).to(dtype).requires_grad_()
+    shortcut = torch.randn(4, 32, 8, 8).to(dtype).requires_grad_()
+    gate = torch.rand(4, 32, 1, 1).to(dtype).requires_grad_()
+    state = copy.deepcopy(bn.state_dict())
+
+    def run(add):
+        bn.load_state_dict(state)
+        for t in (z, shortcut, gate, bn.weight):
+            t.grad = None
+        with torch.autocast("cpu", dtype=dtype):
+            out = bn(z)
+            y = add(out)
+        y.float().square().sum().backward()
+        return y.detach(), [t.grad.clone() for t in (z, shortcut, gate, bn.weight)]
+
+    y_ref, grads_ref = run(lambda out: torch.addcmul(shortcut, out, gate))
+    y, grads = run(lambda out: ScaleAdd.apply(shortcut, out, gate, z, *affine_of(bn, z)))
+    assert y.dtype == y_ref.dtype and torch.equal(y, y_ref)
+    for actual, expected in zip(grads, grads_ref, strict=True):
+        assert actual.dtype == expected.dtype
+        eps = torch.finfo(dtype).eps  # the reference's gate gradient sums 64 half-precision products
+        assert (actual.float() - expected.float()).abs().max() <= 8 * 8 * eps * expected.float().abs().max()
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct activations autograd keeps for backward (each storage once; parameters excluded)."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(("se_name", "base_name"), [("se_plugin_resnet50", "resnet50"), ("se_plugin_resnet18", "resnet18")])
+def test_training_keeps_only_gate_sized_tensors_beyond_the_base(se_name, base_name):
+    torch.manual_seed(0)
+    base, ours = timm.create_model(base_name).train(), timm.create_model(se_name).train()
+    x = torch.randn(2, 3, 64, 64)
+    extra = _saved_bytes(ours, x) - _saved_bytes(base, x)
+    # what SE may keep: per block a handful of (N, C) vectors (pooled input, MLP activations, gate, affine)
+    per_channel = sum(x.shape[0] * se.channels * 4 for se in se_modules(ours).values())
+    assert 0 < extra <= 6 * per_channel  # measured: about 4 vectors per block
+    set_se_fused(ours, False)  # the plain SE keeps each branch output: far more
+    block_outputs = _saved_bytes(ours, x) - _saved_bytes(base, x)
+    assert block_outputs > 4 * extra
