@@ -7,7 +7,6 @@ from torch import nn
 import se_plugins
 from se_plugins import SEOutputBlock, add_se, register_se_block
 from se_plugins.insert.output_block import OUTPUT_POSITIONS
-
 from tests.conftest import same_ops_close
 
 

@@ -66,8 +66,12 @@ def test_affine_of_covers_batchnorm_only():
     assert affine_of(nn.SyncBatchNorm(4).train(), z) is None  # statistics over all processes
     assert affine_of(nn.BatchNorm2d(4, affine=False), z) is None
     mean, a, beta = affine_of(_bn(4, False), z)
-    torch.testing.assert_close((z - mean.view(1, -1, 1, 1)) * a.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1),
-                               _bn(4, False)(z), rtol=0, atol=4 * torch.finfo(z.dtype).eps * 8)
+    torch.testing.assert_close(
+        (z - mean.view(1, -1, 1, 1)) * a.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1),
+        _bn(4, False)(z),
+        rtol=0,
+        atol=4 * torch.finfo(z.dtype).eps * 8,
+    )
 
 
 _MODELS = {
@@ -156,8 +160,11 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-@pytest.mark.parametrize(("se_name", "base_name"), [("se_plugin_resnet50", "resnet50"), ("se_plugin_resnet18", "resnet18")])
-def test_training_keeps_only_gate_sized_tensors_beyond_the_base(se_name, base_name):
+@pytest.mark.parametrize(
+    ("se_name", "base_name"), [("se_plugin_resnet50", "resnet50"), ("se_plugin_resnet18", "resnet18")]
+)
+def test_training_keeps_only_gate_sized_tensors_beyond_the_base(base_name):
+    se_name = f"se_plugin_{base_name}"
     torch.manual_seed(0)
     base, ours = timm.create_model(base_name).train(), timm.create_model(se_name).train()
     x = torch.randn(2, 3, 64, 64)

@@ -79,7 +79,7 @@ class SEResidualBlock:
         raise NotImplementedError
 
     @torch.jit.unused
-    def _fused_add_in_training(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:
+    def _fused_add_in_training(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
         """``shortcut + residual(x) * gate`` for eager training, saving memory where it can; None elsewhere."""
         norm_name = getattr(type(self), "last_norm", None)
         if norm_name is None or not torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy):
