@@ -11,7 +11,7 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
-from se_plugins.insert.scale_add import ScaleAdd, affine_of
+from se_plugins.insert.scale_add import ScaleAdd, norm_with_affine
 from tests.conftest import randomize_norm_stats
 
 
@@ -33,9 +33,20 @@ def _bn(channels: int, training: bool) -> nn.BatchNorm2d:
     return bn
 
 
+def _addcmul(bn, shortcut, z, gate):
+    return torch.addcmul(shortcut, bn(z), gate)
+
+
+def _scale_add(bn, shortcut, z, gate):
+    out, affine = norm_with_affine(bn, z)
+    return ScaleAdd.apply(shortcut, out, gate, z, *affine)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["ema", "cumulative"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_scale_add_equals_addcmul_after_batchnorm(training):
+def test_scale_add_equals_addcmul_after_batchnorm(training, momentum):
     bn = _bn(16, training)
+    bn.momentum = momentum
     torch.manual_seed(1)
     z = (torch.randn(4, 16, 6, 6) * 3 + 1).requires_grad_()
     shortcut = torch.randn(4, 16, 6, 6, requires_grad=True)
@@ -47,31 +58,32 @@ def test_scale_add_equals_addcmul_after_batchnorm(training):
         bn.load_state_dict(state)
         for t in (z, shortcut, gate, bn.weight, bn.bias):
             t.grad = None
-        y = add(bn(z))
+        y = add(bn, shortcut, z, gate)
+        y = add(bn, y, z, gate)  # twice: the running statistics' update (momentum) matters from the second on
         (y * weight).sum().backward()
-        return y.detach(), [t.grad.clone() for t in (z, shortcut, gate, bn.weight, bn.bias)]
+        return y.detach(), [t.grad.clone() for t in (z, shortcut, gate, bn.weight, bn.bias)], bn.state_dict()
 
-    y_ref, grads_ref = run(lambda out: torch.addcmul(shortcut, out, gate))
-    y, grads = run(lambda out: ScaleAdd.apply(shortcut, out, gate, z, *affine_of(bn, z)))
-    assert torch.equal(y, y_ref)  # the forward is the same addcmul
-    assert torch.equal(grads[1], grads_ref[1])  # shortcut: the incoming gradient
+    y_ref, grads_ref, state_ref = run(_addcmul)
+    y, grads, state_after = run(_scale_add)
+    assert torch.equal(y, y_ref)  # on CPU BatchNorm2d runs the same native_batch_norm kernel: the same forward
+    for key, value in state_ref.items():  # running statistics updated as nn.BatchNorm2d does
+        assert torch.equal(state_after[key], value), key
     for actual, expected in zip(grads, grads_ref, strict=True):
         assert _close(actual, expected, ops=8)
 
 
-def test_affine_of_covers_batchnorm_only():
+def test_norm_with_affine_covers_batchnorm_only():
     z = torch.randn(2, 4, 3, 3)
-    assert affine_of(nn.GroupNorm(2, 4), z) is None
-    assert affine_of(torchvision.ops.misc.FrozenBatchNorm2d(4), z) is None  # keeps nothing of z: no gain
-    assert affine_of(nn.SyncBatchNorm(4).train(), z) is None  # statistics over all processes
-    assert affine_of(nn.BatchNorm2d(4, affine=False), z) is None
-    mean, a, beta = affine_of(_bn(4, False), z)
-    torch.testing.assert_close(
-        (z - mean.view(1, -1, 1, 1)) * a.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1),
-        _bn(4, False)(z),
-        rtol=0,
-        atol=4 * torch.finfo(z.dtype).eps * 8,
-    )
+    assert norm_with_affine(nn.GroupNorm(2, 4), z) is None
+    assert norm_with_affine(torchvision.ops.misc.FrozenBatchNorm2d(4), z) is None  # keeps nothing of z: no gain
+    assert norm_with_affine(nn.SyncBatchNorm(4).train(), z) is None  # statistics over all processes
+    assert norm_with_affine(nn.BatchNorm2d(4, affine=False), z) is None
+    for training in (True, False):
+        bn = _bn(4, training)
+        out, (mean, a, beta) = norm_with_affine(bn, z)
+        shape = (1, -1, 1, 1)
+        rebuilt = (z - mean.view(shape)) * a.view(shape) + beta.view(shape)
+        assert _close(rebuilt, out.detach(), ops=4)
 
 
 _MODELS = {
@@ -130,13 +142,12 @@ def test_autocast_gradients_match_addcmul(dtype):
         for t in (z, shortcut, gate, bn.weight):
             t.grad = None
         with torch.autocast("cpu", dtype=dtype):
-            out = bn(z)
-            y = add(out)
+            y = add(bn, shortcut, z, gate)
         y.float().square().sum().backward()
         return y.detach(), [t.grad.clone() for t in (z, shortcut, gate, bn.weight)]
 
-    y_ref, grads_ref = run(lambda out: torch.addcmul(shortcut, out, gate))
-    y, grads = run(lambda out: ScaleAdd.apply(shortcut, out, gate, z, *affine_of(bn, z)))
+    y_ref, grads_ref = run(_addcmul)
+    y, grads = run(_scale_add)
     assert y.dtype == y_ref.dtype and torch.equal(y, y_ref)
     for actual, expected in zip(grads, grads_ref, strict=True):
         assert actual.dtype == expected.dtype

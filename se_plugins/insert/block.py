@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .scale_add import ScaleAdd, affine_of
+from .scale_add import ScaleAdd, norm_with_affine
 
 SE_POSITIONS = ("standard", "pre", "post", "identity")
 
@@ -88,12 +88,12 @@ class SEResidualBlock:
             return None
         norm = getattr(self, norm_name)
         z = self.residual_before_norm(x)
-        out = norm(z)
-        gate = self.se.gate(out)
-        affine = affine_of(norm, z)
-        if affine is None:
-            return torch.addcmul(shortcut, out, gate)
-        return ScaleAdd.apply(shortcut, out, gate, z, *affine)
+        normed = norm_with_affine(norm, z)
+        if normed is None:
+            out = norm(z)
+            return torch.addcmul(shortcut, out, self.se.gate(out))
+        out, affine = normed
+        return ScaleAdd.apply(shortcut, out, self.se.gate(out), z, *affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
