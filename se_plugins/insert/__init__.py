@@ -10,8 +10,11 @@ change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    timm_dla,
+    timm_dpn,
     timm_mobilenet,
     timm_regnet,
+    timm_res2net,
     timm_resnet,
     timm_resnetv2,
     torchvision_mobilenet,
