@@ -42,7 +42,7 @@ def test_registry_and_parameter_counts():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # dpn68: k_sec (3, 4, 12, 3) blocks, residual-path width num_1x1_c = 64 * 2**i (small: bw_factor 1)
     expected = sum(n * _se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
-    assert count(ours) - count(base) == expected
+    assert count(ours) - count(base) == expected == 213_528 and count(base) == 12_611_602
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -49,7 +49,7 @@ def test_registry_and_parameter_counts():
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     expected = sum(n * _se_params(c) for blocks in BLOCKS.values() for n, c in blocks)
-    assert count(ours) - count(base) == expected and count(base) == 13_187_464
+    assert count(ours) - count(base) == expected == 192_048 and count(base) == 13_187_464
 
 
 def test_stage_names_for_resnets_and_hrnet():
