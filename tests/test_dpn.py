@@ -71,9 +71,9 @@ def test_se_scales_only_the_residual_part(arch):
     for name in ("conv3_1", "conv3_2"):  # a projecting "down" block, then a "normal" one
         block, base_block = getattr(model.features, name), getattr(base.features, name)
         seen = {}
-        block.se.register_forward_hook(lambda m, i, o: seen.update(se_in=i[0].clone(), se_out=o.clone()))
+        block.se.register_forward_hook(lambda m, i, o, seen=seen: seen.update(se_in=i[0].clone(), se_out=o.clone()))
         last = block.c1x1_c1 if block.c1x1_c1 is not None else block.c1x1_c  # the conv that makes out1
-        last.register_forward_hook(lambda m, i, o: seen.update(last=o.clone()))
+        last.register_forward_hook(lambda m, i, o, seen=seen: seen.update(last=o.clone()))
         x = torch.randn(1, block.c1x1_a.bn.num_features, 16, 16)
         with torch.no_grad():
             out, ref = block(x), base_block(x)

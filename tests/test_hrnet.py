@@ -78,7 +78,9 @@ def test_identity_init_keeps_outputs_and_keys():
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     new = set(state) - set(before_state)
-    assert {k for k in new if k.startswith("stage3.0.branches.2.1.")} == {f"stage3.0.branches.2.1.se.{k}" for k in SE_KEYS}
+    assert {k for k in new if k.startswith("stage3.0.branches.2.1.")} == {
+        f"stage3.0.branches.2.1.se.{k}" for k in SE_KEYS
+    }
     assert len(new) == len(SE_KEYS) * 23
 
 

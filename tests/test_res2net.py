@@ -1,4 +1,7 @@
-"""SE in timm's Res2Net / Res2NeXt: ``se_plugin_res2net*`` twins, SE in ``Bottle2neck``'s slot after bn3 (SE-Res2Net)."""
+"""SE in timm's Res2Net / Res2NeXt: ``se_plugin_res2net*`` twins, SE in ``Bottle2neck``'s slot after bn3.
+
+That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
+"""
 
 import copy
 

@@ -13,7 +13,6 @@ are stages 1 .. 4 like a ResNet's ``layer1`` .. ``layer4``.
 """
 
 import re
-from typing import List, Optional  # noqa: UP035  (TorchScript reads these annotations)
 
 import torch
 from timm.models import dla as timm_dla
@@ -37,7 +36,7 @@ class _DlaSE(SEResidualBlock):
     """The SE forward of a DLA block, with timm's signature: the shortcut comes in (None: the block input)."""
 
     def forward(
-        self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None, children: Optional[List[torch.Tensor]] = None
+        self, x: torch.Tensor, shortcut: torch.Tensor | None = None, children: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         if shortcut is None:
             shortcut = x
@@ -83,7 +82,7 @@ class SETimmDlaBottle2neck(_DlaSE, timm_dla.DlaBottle2neck):
         spx = torch.split(self.relu(self.bn1(self.conv1(x))), self.width, 1)
         spo = []
         sp = spx[0]
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):  # noqa: B905 (TorchScript: no strict=)
             sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
             sp = self.relu(bn(conv(sp)))
             spo.append(sp)

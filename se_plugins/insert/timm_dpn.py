@@ -15,7 +15,6 @@ Stages: ``features.conv2_*`` .. ``conv5_*`` (``features_conv2_1`` in timm's flat
 """
 
 import re
-from typing import Tuple  # noqa: UP035  (TorchScript reads these annotations)
 
 import torch
 from timm.models import dpn as timm_dpn
@@ -39,7 +38,7 @@ def stage_from_dpn_name(name: str) -> int | None:
 class SETimmDualPathBlock(SEResidualBlock, timm_dpn.DualPathBlock):
     """timm ``DualPathBlock`` with SE on the residual path's branch output: ``[x_s1 + SE(out1), x_s2, out2]``."""
 
-    def shortcut_paths(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def shortcut_paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (projected) input split into its residual-path and dense-path channels."""
         if self.c1x1_w_s1 is not None:
             x = self.c1x1_w_s1(x)
@@ -47,7 +46,7 @@ class SETimmDualPathBlock(SEResidualBlock, timm_dpn.DualPathBlock):
             x = self.c1x1_w_s2(x)
         return x[:, : self.num_1x1_c], x[:, self.num_1x1_c :]
 
-    def branch_paths(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def branch_paths(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The branch output split into the part added to the residual path and the new dense channels."""
         x = self.c1x1_c(self.c3x3_b(self.c1x1_a(x)))
         if self.c1x1_c1 is not None and self.c1x1_c2 is not None:
