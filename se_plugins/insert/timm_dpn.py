@@ -8,8 +8,9 @@ densely connected channels are carried on unscaled, as DenseNet features are (SE
 every later block reads again). The block has no SE slot and its add sits inside the final concatenation, so the SE
 class composes the block from its own submodules (shortcut projection, 1x1 -> grouped 3x3 -> 1x1, split), in the
 order timm's forward runs them; tests check identity insertion is bit-for-bit timm's forward. Only ``standard``
-exists: DPN's blocks are pre-activation (BN-act-conv) with the norm inside each conv unit, and the shortcut
-projection reads the same input as the branch. The scale folds into the add (``se_fused``).
+is offered: the paper's other positions (pre, post, identity) have no single meaning for a block whose input and
+output each carry two paths (``post`` would also rescale the dense features that every later block re-reads). The
+scale folds into the add (``se_fused``).
 
 Stages: ``features.conv2_*`` .. ``conv5_*`` (``features_conv2_1`` in timm's flattened feature wrapper) are 1 .. 4.
 """
