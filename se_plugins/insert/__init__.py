@@ -3,15 +3,19 @@
 Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
-torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
-ResNet-V2 blocks. A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
+torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's pre-activation
+ResNet-V2 blocks, timm's Res2Net ``Bottle2neck``, DLA ``DlaBasic``/``DlaBottleneck``/``DlaBottle2neck``, DPN
+``DualPathBlock`` and HRNet (its branches are timm ResNet blocks). A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
 scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
 change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    timm_dla,
+    timm_dpn,
     timm_mobilenet,
     timm_regnet,
+    timm_res2net,
     timm_resnet,
     timm_resnetv2,
     torchvision_mobilenet,

@@ -1,0 +1,171 @@
+"""SE in timm's Dual Path Networks: ``se_plugin_dpn*``, SE on the residual path's branch output before its add.
+
+A dual path block's output is ``[x_s1 + out1, x_s2, out2]``: SE scales ``out1`` (the branch channels added to the
+residual path); the dense path (``x_s2``, the new channels ``out2``) is carried on unscaled.
+"""
+
+import copy
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from timm.layers import make_divisible
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, se_modules, set_se_fused
+from se_plugins.detection import fasterrcnn_timm_fpn
+from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
+
+ARCH = "dpn48b"  # "b" blocks (separate 1x1 convs for the two paths)
+ARCHS = [ARCH, "dpn68"]  # and the shared last 1x1 conv, split in two
+SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def _se_params(channels: int, r: int = 16) -> int:
+    hidden = make_divisible(channels / r, 8, round_limit=0.0)
+    return 2 * channels * hidden + hidden + channels
+
+
+def test_registry_and_parameter_counts():
+    bases = [n for n in timm.list_models(module="dpn") if not n.startswith("se_plugin_")]
+    names = timm.list_models("se_plugin_dpn*")
+    assert sorted(names) == sorted(f"se_plugin_{b}" for b in bases) and len(names) == 7
+    assert set(names) <= set(timm.list_models(module="dpn"))
+    with torch.device("meta"):
+        base, ours = timm.create_model("dpn68"), timm.create_model("se_plugin_dpn68")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # dpn68: k_sec (3, 4, 12, 3) blocks, residual-path width num_1x1_c = 64 * 2**i (small: bw_factor 1)
+    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
+    assert count(ours) - count(base) == expected == 213_528 and count(base) == 12_611_602
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_identity_init_keeps_outputs_and_keys(arch):
+    torch.manual_seed(0)
+    model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model)
+        assert torch.equal(model(_x()), before)  # timm's ops in timm's order, gates exactly 1
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert {k for k in state if k.startswith("features.conv3_1.se.")} == {f"features.conv3_1.se.{k}" for k in SE_KEYS}
+    assert all(".se." in k for k in set(state) - set(before_state))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_se_scales_only_the_residual_part(arch):
+    torch.manual_seed(0)
+    base = randomize_norm_stats(timm.create_model(arch)).eval()
+    model = set_se_fused(random_se(add_se(copy.deepcopy(base), init="random")), False)
+    for name in ("conv3_1", "conv3_2"):  # a projecting "down" block, then a "normal" one
+        block, base_block = getattr(model.features, name), getattr(base.features, name)
+        seen = {}
+        block.se.register_forward_hook(lambda m, i, o, seen=seen: seen.update(se_in=i[0].clone(), se_out=o.clone()))
+        last = block.c1x1_c1 if block.c1x1_c1 is not None else block.c1x1_c  # the conv that makes out1
+        last.register_forward_hook(lambda m, i, o, seen=seen: seen.update(last=o.clone()))
+        x = torch.randn(1, block.c1x1_a.bn.num_features, 16, 16)
+        with torch.no_grad():
+            out, ref = block(x), base_block(x)
+            c = block.num_1x1_c
+            x_s = block.c1x1_w_s2(x) if block.c1x1_w_s2 is not None else x
+            assert torch.equal(seen["se_in"], seen["last"][:, :c])  # the branch's added part, out1
+            torch.testing.assert_close(out[:, :c], x_s[:, :c] + seen["se_out"], rtol=0, atol=0)
+            assert torch.equal(out[:, c:], ref[:, c:])  # the dense path is timm's, bit for bit
+        assert block.se.channels == c == 128
+
+
+def test_fused_equals_plain():
+    torch.manual_seed(0)
+    fused = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
+    plain = set_se_fused(copy.deepcopy(fused), False)
+    with torch.no_grad():
+        assert same_ops_close(fused(_x()), plain(_x()))  # addcmul vs multiply-then-add: one rounding per block
+
+
+def test_options_and_errors():
+    model = add_se(timm.create_model(ARCH), stages=(4,), reduction=8)
+    assert sorted(se_modules(model)) == ["features.conv5_1.se", "features.conv5_2.se", "features.conv5_3.se"]
+    assert model.features.conv5_1.se.hidden_channels == make_divisible(512 / 8, 8)
+    with pytest.raises(ValueError, match=r"position 'post' is not supported by timm DPN DualPathBlock"):
+        add_se(timm.create_model(ARCH), position="post")
+    with pytest.raises(ValueError, match="already has SE"):
+        add_se(timm.create_model(f"se_plugin_{ARCH}"))
+
+
+def test_pretrained_base_weights_through_timm(tmp_path):
+    torch.manual_seed(0)
+    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
+    base = timm.create_model(ARCH, **kwargs).eval()
+    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
+    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
+    assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(ours(x), base(x))
+        final, inter = ours.forward_intermediates(x)
+        base_final, base_inter = base.forward_intermediates(x)
+        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
+        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
+        # timm's flattened feature wrapper names the blocks features_conv2_1 ...: the stages still come out
+        assert sorted(se_modules(add_se(timm.create_model(ARCH, features_only=True), stages=(1,)))) == [
+            "features_conv2_1.se", "features_conv2_2.se", "features_conv2_3.se"
+        ]  # fmt: skip
+        assert len(se_modules(feats)) == 16 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert all(torch.equal(a, b) for a, b in zip(feats(x), base_feats(x), strict=True))
+
+
+@pytest.mark.slow
+def test_torchscript_fx_and_compile_match_eager():
+    torch.manual_seed(0)
+    model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
+    x = _x()
+    assert_scripted_matches(model, x)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            graph = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            assert same_ops_close(graph(x), model(x))
+    graph(x).sum().backward()
+    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    with torch.no_grad():
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
+    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_train_one_step():
+    torch.manual_seed(0)
+    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
+                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
+    assert len(se_modules(detector)) == 16
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    loss = sum(detector.train()(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
+
+    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
+    assert len(se_modules(unet)) == 16
+    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)

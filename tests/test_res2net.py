@@ -1,0 +1,158 @@
+"""SE in timm's Res2Net / Res2NeXt: ``se_plugin_res2net*`` twins, SE in ``Bottle2neck``'s slot after bn3.
+
+That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
+"""
+
+import copy
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from timm.layers import make_divisible
+from timm.models import res2net as timm_res2net
+from timm.models.resnet import ResNet
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, has_se, se_modules
+from se_plugins.detection import fasterrcnn_timm_fpn
+from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
+
+ARCH = "res2net50_14w_8s"  # the smallest registered Res2Net
+SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
+
+
+def _tiny(**block_args) -> torch.nn.Module:
+    """A one-block-per-stage Res2NeXt built the way timm builds its archs (ResNet + Bottle2neck)."""
+    return ResNet(block=timm_res2net.Bottle2neck, layers=(1, 1, 1, 1), base_width=4, cardinality=4,
+                  block_args=dict(scale=4, **block_args), num_classes=5)  # fmt: skip
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def _se_params(channels: int, r: int = 16) -> int:
+    hidden = make_divisible(channels / r, 8, round_limit=0.0)
+    return 2 * channels * hidden + hidden + channels
+
+
+def test_registry_and_parameter_counts():
+    bases = [n for n in timm.list_models(module="res2net") if not n.startswith("se_plugin_")]
+    names = timm.list_models("se_plugin_res2ne*")
+    assert sorted(names) == sorted(f"se_plugin_{b}" for b in bases) and len(names) == 9
+    assert set(names) <= set(timm.list_models(module="res2net"))  # timm's module filter sees the twins
+    with torch.device("meta"):
+        base, ours = timm.create_model("res2net50_26w_4s"), timm.create_model("se_plugin_res2net50_26w_4s")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # SE on each block's output channels (planes * 4), ResNet-50's stage depths
+    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
+    assert count(ours) - count(base) == expected == 2_530_992 and count(base) == 25_699_120
+
+
+def test_identity_init_keeps_outputs_and_keys():
+    torch.manual_seed(0)
+    model = randomize_norm_stats(_tiny()).eval()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model)
+        assert torch.equal(model(_x()), before)  # x * 1 == x: timm's own forward, gate exactly 1
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert set(state) - set(before_state) == {f"layer{s}.0.se.{k}" for s in range(1, 5) for k in SE_KEYS}
+
+
+def test_se_sits_after_bn3_before_the_add():
+    torch.manual_seed(0)
+    model = random_se(add_se(_tiny(), init="random"))
+    block = model.layer2[0]  # strided, projection shortcut
+    seen = {}
+    block.bn3.register_forward_hook(lambda m, i, o: seen.update(bn3=o.clone()))
+    block.se.register_forward_hook(lambda m, i, o: seen.update(se_in=i[0].clone(), se_out=o.clone()))
+    x = torch.randn(1, block.conv1.in_channels, 16, 16)
+    with torch.no_grad():
+        out = block(x)
+        assert torch.equal(seen["se_in"], seen["bn3"])
+        torch.testing.assert_close(out, torch.relu(seen["se_out"] + block.downsample(x)), rtol=0, atol=0)
+    assert (block.se.channels, block.se.hidden_channels) == (512, 32)
+
+
+def test_options_and_errors():
+    model = add_se(_tiny(), stages=(3, 4), reduction=8)
+    assert sorted(se_modules(model)) == ["layer3.0.se", "layer4.0.se"]
+    assert model.layer3[0].se.hidden_channels == make_divisible(1024 / 8, 8)
+    with pytest.raises(ValueError, match=r"position 'pre' is not supported by timm Res2Net Bottle2neck"):
+        add_se(_tiny(), position="pre")
+    with pytest.raises(ValueError, match="already has SE"):
+        add_se(add_se(_tiny()))
+    with pytest.raises(ValueError, match="already has SE"):  # timm's own attention in the same slot
+        add_se(_tiny(attn_layer=timm.layers.SEModule))
+
+
+def test_pretrained_base_weights_through_timm(tmp_path):
+    torch.manual_seed(0)
+    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
+    base = timm.create_model(ARCH, **kwargs).eval()
+    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
+    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    assert {k for k in ours_state if k.startswith("layer1.0.se.")} == {f"layer1.0.se.{k}" for k in SE_KEYS}
+    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
+    x = _x()
+    with torch.no_grad():
+        assert same_ops_close(ours(x), base(x))
+        final, inter = ours.forward_intermediates(x)
+        base_final, base_inter = base.forward_intermediates(x)
+        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
+        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
+        assert len(se_modules(feats)) == 16 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert all(same_ops_close(a, b) for a, b in zip(feats(x), base_feats(x), strict=True))
+
+
+@pytest.mark.slow
+def test_torchscript_fx_and_compile_match_eager():
+    torch.manual_seed(0)
+    model = random_se(add_se(_tiny(), init="random"))
+    x = _x()
+    assert_scripted_matches(model, x)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            graph = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            assert same_ops_close(graph(x), model(x))
+    graph(x).sum().backward()
+    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    with torch.no_grad():
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
+    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_train_one_step():
+    torch.manual_seed(0)
+    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
+                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
+    assert len(se_modules(detector)) == 16 and has_se(detector.backbone)
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    loss = sum(detector.train()(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
+
+    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
+    assert len(se_modules(unet)) == 16
+    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
