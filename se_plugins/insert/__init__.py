@@ -3,13 +3,18 @@
 Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
-torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
-ResNet-V2 blocks. A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
-scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
-change. :func:`register_se_block` makes a user's own block class supported.
+torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's pre-activation
+ResNet-V2 blocks, timm's CSPNet/CSPDarkNet/DarkNet blocks and BYOB blocks (RepVGG, MobileOne, GENet, ResNet-*ts; SE
+in each block's own attention slot, as timm's SE variants) and timm's ConvNeXt V1/V2 ``ConvNeXtBlock``. A block
+gets SE by switching its class to an SE subclass (module-level, so models stay picklable, scriptable, traceable,
+compilable and exportable) and adding the submodule ``se`` (or filling the block's own attention slot): existing
+state-dict keys never change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    timm_byobnet,
+    timm_convnext,
+    timm_cspnet,
     timm_mobilenet,
     timm_regnet,
     timm_resnet,
