@@ -5,7 +5,17 @@ Importing the package registers ``se_plugin_<arch>`` models with timm.
 
 from . import models  # noqa: F401  (registers the se_plugin_* models with timm)
 from .errors import CheckpointError, ConfigError, DataError, SEPluginsError
-from .insert import SE_POSITIONS, SEOutputBlock, SEResidualBlock, add_se, has_se, register_se_block, se_modules, set_se_fused
+from .insert import (
+    SE_POSITIONS,
+    SEOutputBlock,
+    SEResidualBlock,
+    SESlotBlock,
+    add_se,
+    has_se,
+    register_se_block,
+    se_modules,
+    set_se_fused,
+)
 from .layers import SE_INITS, SqueezeExcite
 
 try:  # the one source of the version: pyproject.toml, read back from the installed package's metadata
@@ -24,6 +34,7 @@ __all__ = [
     "SEPluginsError",
     "SEOutputBlock",
     "SEResidualBlock",
+    "SESlotBlock",
     "SqueezeExcite",
     "add_se",
     "has_se",

@@ -27,6 +27,7 @@ from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_block
 from .block import SE_POSITIONS, SEResidualBlock
 from .output_block import SEOutputBlock
 from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks
+from .slot_block import SESlotBlock
 
 __all__ = [
     "SE_POSITIONS",
@@ -34,6 +35,7 @@ __all__ = [
     "SEPosition",
     "SEOutputBlock",
     "SEResidualBlock",
+    "SESlotBlock",
     "adapter_for",
     "add_se",
     "conv_channels",

@@ -17,9 +17,7 @@ OUTPUT_POSITIONS = ("post",)
 
 def _renamed(function: types.FunctionType, name: str) -> types.FunctionType:
     """A copy of ``function`` under another name (TorchScript names a compiled method after its function)."""
-    copy = types.FunctionType(
-        function.__code__, function.__globals__, name, function.__defaults__, function.__closure__
-    )
+    copy = types.FunctionType(function.__code__, function.__globals__, name, function.__defaults__, function.__closure__)
     copy.__qualname__ = f"{function.__qualname__.rpartition('.')[0]}.{name}".lstrip(".")
     copy.__kwdefaults__ = function.__kwdefaults__
     return copy

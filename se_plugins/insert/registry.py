@@ -91,6 +91,8 @@ def register_se_block(
         channels: ``channels(block, position)`` -> channels SE sees (for ``"pre"`` the block input's).
         positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports (the first is its
             default). A module without a residual add subclasses :class:`SEOutputBlock` and takes ``("post",)``.
+            A block with an attention slot of its own keeps its forward (``forward = MyBlock.forward``) and
+            subclasses :class:`SESlotBlock` naming the slot (``se_slot = "attn"``): SE goes there.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
         num_stages: How many stages the family has (ResNets: 4).
