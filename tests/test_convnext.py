@@ -8,6 +8,7 @@ import timm
 import torch
 from timm.layers import make_divisible
 from torch import nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
@@ -108,6 +109,59 @@ def test_positions_against_the_block_composed_by_hand(position, conv_mlp):
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected(), rtol=0, atol=0)
     assert seen[0] == (2, 80, 8, 8)  # SE sees NCHW, also behind the channels-last MLP
+
+
+def _torchvision_convnext() -> nn.Module:
+    """A small torchvision ConvNeXt (the CNBlock of convnext_tiny, narrower) with trained-like norms and scales."""
+    cfgs = [CNBlockConfig(16, 32, 2), CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 2)]
+    model = randomize_norm_stats(ConvNeXt(cfgs, stochastic_depth_prob=0.1, num_classes=5))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("position", ["standard", "pre", "post", "identity"])
+def test_torchvision_convnext(position):
+    torch.manual_seed(0)
+    model = _torchvision_convnext()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model, position=position)
+        assert same_ops_close(model(_x()), before)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert {k for k in set(state) - set(before_state) if k.startswith("features.3.1.")} == {
+        f"features.3.1.se.{p}" for p in _SE_KEYS
+    }
+    assert [se.channels for se in se_modules(model).values()] == [16, 16, 32, 32, 64, 64, 128, 128]
+    random_se(model)
+    block = model.features[3][1]
+    x = torch.randn(2, 32, 8, 8)
+    branch = lambda x: block.layer_scale * block.block(x)  # noqa: E731
+    expected = {
+        "standard": lambda: block.se(branch(x)) + x,
+        "pre": lambda: branch(block.se(x)) + x,
+        "post": lambda: block.se(branch(x) + x),
+        "identity": lambda: branch(x) + block.se(x),
+    }[position]
+    with torch.no_grad():
+        assert same_ops_close(block(x), expected())  # the fused add is one addcmul
+        set_se_fused(model, False)
+        torch.testing.assert_close(block(x), expected(), rtol=0, atol=0)
+    assert sorted(se_modules(add_se(_torchvision_convnext(), stages=(2,)))) == ["features.3.0.se", "features.3.1.se"]
+
+
+@pytest.mark.slow
+def test_torchvision_convnext_torchscript_and_fx():
+    torch.manual_seed(0)
+    model = random_se(add_se(_torchvision_convnext(), init="random"))
+    assert_scripted_matches(model, _x())
+    graph = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert same_ops_close(graph(_x()), model(_x()))
 
 
 def test_fused_equals_plain_forward_and_backward():

@@ -5,10 +5,11 @@ torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones 
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
 torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's pre-activation
 ResNet-V2 blocks, timm's CSPNet/CSPDarkNet/DarkNet blocks and BYOB blocks (RepVGG, MobileOne, GENet, ResNet-*ts; SE
-in each block's own attention slot, as timm's SE variants) and timm's ConvNeXt V1/V2 ``ConvNeXtBlock``. A block
-gets SE by switching its class to an SE subclass (module-level, so models stay picklable, scriptable, traceable,
-compilable and exportable) and adding the submodule ``se`` (or filling the block's own attention slot): existing
-state-dict keys never change. :func:`register_se_block` makes a user's own block class supported.
+in each block's own attention slot, as timm's SE variants), timm's ConvNeXt V1/V2 ``ConvNeXtBlock`` and torchvision's
+ConvNeXt ``CNBlock``. A block gets SE by switching its class to an SE subclass (module-level, so models stay
+picklable, scriptable, traceable, compilable and exportable) and adding the submodule ``se`` (or filling the block's
+own attention slot): existing state-dict keys never change. :func:`register_se_block` makes a user's own block class
+supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
@@ -19,6 +20,7 @@ from . import (  # noqa: F401  (register the adapters)
     timm_regnet,
     timm_resnet,
     timm_resnetv2,
+    torchvision_convnext,
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,
