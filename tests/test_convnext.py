@@ -1,6 +1,7 @@
 """SE in timm's ConvNeXt V1/V2: ``se_plugin_convnext*`` twins, SE after the layer scale, before the add (NCHW)."""
 
 import copy
+import re
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -209,6 +210,32 @@ def test_pretrained_base_weights_through_timm(arch, tmp_path):
         final, inter = ours.forward_intermediates(_x())
         base_final, base_inter = base.forward_intermediates(_x())
         assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+
+
+def _to_facebook_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ConvNeXt keys -> the original (facebookresearch) checkpoint's, which timm's checkpoint filter remaps."""
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.fc.", "head.")
+        out[k.replace("head.norm.", "norm.")] = v
+    return out
+
+
+def test_timm_checkpoint_filter_runs_before_ours(tmp_path):
+    # timm's ConvNeXt builder fixes its own filter (original checkpoints -> timm keys); the twin composes it with
+    # the SE insertion, so an original-format checkpoint loads strictly into the twin
+    torch.manual_seed(0)
+    base = _trained_like(timm.create_model(ARCH)).eval()
+    torch.save({"model": _to_facebook_keys(base.state_dict())}, tmp_path / "fb.pth")
+    overlay = dict(file=str(tmp_path / "fb.pth"))
+    ours = timm.create_model(f"se_plugin_{ARCH}", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    state = ours.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+    with torch.no_grad():
+        assert same_ops_close(ours(_x()), base(_x()))
 
 
 @pytest.mark.slow
