@@ -23,7 +23,7 @@ class SESlotBlock(SEResidualBlock):
     @property
     def se(self) -> nn.Module:
         """The module in the block's attention slot (the SE after :func:`se_plugins.add_se`)."""
-        return getattr(self, self.se_slot)
+        return self._modules[self.se_slot]
 
 
 class ShortcutModule:
