@@ -127,6 +127,8 @@ def test_options_and_errors():
         add_se(timm.create_model(ARCH), position="post")
     with torch.device("meta"), pytest.raises(ValueError, match="already has SE"):
         add_se(timm.create_model("cs3sedarknet_l"))  # timm's own SE in the same slot
+    with pytest.raises(ValueError, match=r"stages \[5\] select no block of CspNet \(its stages: \[1, 2, 3, 4\]\)"):
+        add_se(timm.create_model(ARCH), stages=(5,))  # the CS3 models have four stages, DarkNet five
     with pytest.raises(ValueError, match=r"stages must be a non-empty subset of 1\.\.5"):
         add_se(timm.create_model(ARCH), stages=(6,))
 

@@ -119,6 +119,11 @@ def add_se(
             raise ValueError(
                 f"add_se: cannot tell the stage of block {name!r} ({adapter.description}); use stages=None"
             )
+    present = {adapter.stage(name) for name, _, adapter in blocks}
+    if chosen is not None and not chosen & present:
+        raise ValueError(
+            f"add_se: stages {sorted(chosen)} select no block of {type(model).__name__} (its stages: {sorted(present)})"
+        )
     for name, block, adapter in blocks:
         if chosen is not None and adapter.stage(name) not in chosen:
             continue
