@@ -49,7 +49,8 @@ TIMM_PREFIX = "tu-"
 SUPPORTED_ENCODERS = (
     f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'tu-<timm ResNet family>' "
     "(tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', 'tu-regnetx_*', "
-    "'tu-mobilenetv2_*' and 'tu-se_plugin_<arch>' (SE built in)"
+    "'tu-mobilenetv2_*', timm's CSPNet/DarkNet, BYOB (RepVGG, MobileOne, ...) and ConvNeXt encoders without "
+    "attention, and 'tu-se_plugin_<arch>' (SE built in)"
 )
 
 

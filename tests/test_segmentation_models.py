@@ -70,11 +70,16 @@ def test_every_se_plugin_arch_builds_as_smp_unet_encoder():
             model = smp.Unet(f"tu-{name}", encoder_weights=None, classes=2, in_channels=4)
         assert has_se(model.encoder), name
         assert _first_conv(model).in_channels == 4, name
-        assert len(model.encoder.out_channels) == 6 and model.encoder.out_channels[0] == 4, name
+        channels, reductions = model.encoder.out_channels, model.encoder.model.feature_info.reduction()
+        assert len(channels) == 6, name
         if name in resnets:
-            assert model.encoder.out_channels[-1] in (512, 2048), name
+            assert channels[0] == 4 and channels[-1] in (512, 2048), name
+        elif reductions[0] == 1:  # DarkNet's stride-1 stem level: smp uses it in place of the input's
+            assert list(channels) == model.encoder.model.feature_info.channels(), name
+        elif reductions[0] == 4:  # ConvNeXt's features start at stride 4: smp adds an empty stride-2 level
+            assert list(channels) == [4, 0, *model.encoder.model.feature_info.channels()], name
         else:  # the other families (their channels against the base's: test_mobilenetv2.py, test_regnet.py)
-            assert list(model.encoder.out_channels[1:]) == model.encoder.model.feature_info.channels(), name
+            assert channels[0] == 4 and list(channels[1:]) == model.encoder.model.feature_info.channels(), name
         assert len(model.decoder.blocks) == 5 and model.segmentation_head[0].out_channels == 2, name
 
 

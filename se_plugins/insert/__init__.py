@@ -5,12 +5,18 @@ torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones 
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
 torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's pre-activation
 ResNet-V2 blocks, timm's Res2Net ``Bottle2neck``, DLA ``DlaBasic``/``DlaBottleneck``/``DlaBottle2neck``, DPN
-``DualPathBlock`` and HRNet (its branches are timm ResNet blocks). A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
-scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
-change. :func:`register_se_block` makes a user's own block class supported.
+``DualPathBlock``, HRNet (its branches are timm ResNet blocks), timm's CSPNet/CSPDarkNet/DarkNet blocks and BYOB
+blocks (RepVGG, MobileOne, GENet, ResNet-*ts; SE in each block's own attention slot, as timm's SE variants), timm's
+ConvNeXt V1/V2 ``ConvNeXtBlock`` and torchvision's ConvNeXt ``CNBlock``. A block gets SE by switching its class to an
+SE subclass (module-level, so models stay picklable, scriptable, traceable, compilable and exportable) and adding the
+submodule ``se`` (or filling the block's own attention slot): existing state-dict keys never change.
+:func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    timm_byobnet,
+    timm_convnext,
+    timm_cspnet,
     timm_dla,
     timm_dpn,
     timm_mobilenet,
@@ -18,6 +24,7 @@ from . import (  # noqa: F401  (register the adapters)
     timm_res2net,
     timm_resnet,
     timm_resnetv2,
+    torchvision_convnext,
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,
@@ -26,6 +33,7 @@ from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_block
 from .block import SE_POSITIONS, SEResidualBlock
 from .output_block import SEOutputBlock
 from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks
+from .slot_block import SESlotBlock
 
 __all__ = [
     "SE_POSITIONS",
@@ -33,6 +41,7 @@ __all__ = [
     "SEPosition",
     "SEOutputBlock",
     "SEResidualBlock",
+    "SESlotBlock",
     "adapter_for",
     "add_se",
     "conv_channels",

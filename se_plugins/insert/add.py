@@ -36,8 +36,9 @@ def iter_residual_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, int
 
 
 def _block_has_se(block: nn.Module, adapter: SEAdapter) -> bool:
-    # timm's efficientnet-builder and RegNet blocks keep an empty SE slot (``se = nn.Identity()``) without SE
-    se = getattr(block, "se", None)
+    # timm's efficientnet-builder and RegNet blocks keep an empty SE slot (``se = nn.Identity()``) without SE;
+    # cspnet/byobnet blocks name theirs otherwise (``attn``, ``attn2``: the adapter's ``slot``)
+    se = getattr(block, adapter.slot, None)
     if isinstance(block, SEResidualBlock) or (se is not None and not isinstance(se, nn.Identity)):
         return True
     return adapter.builtin_se is not None and adapter.builtin_se(block)
@@ -118,16 +119,25 @@ def add_se(
             raise ValueError(
                 f"add_se: cannot tell the stage of block {name!r} ({adapter.description}); use stages=None"
             )
+    present = {adapter.stage(name) for name, _, adapter in blocks}
+    if chosen is not None and not chosen & present:
+        raise ValueError(
+            f"add_se: stages {sorted(chosen)} select no block of {type(model).__name__} (its stages: {sorted(present)})"
+        )
     for name, block, adapter in blocks:
         if chosen is not None and adapter.stage(name) not in chosen:
             continue
         ref = next(block.parameters())
         hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
-        dd = {"device": ref.device, "dtype": ref.dtype}
+        options = {"device": ref.device, "dtype": ref.dtype}
         block_position = adapter.positions[0] if position is None else position
-        se = SqueezeExcite(adapter.channels(block, block_position), reduction, hidden_channels=hidden, init=init, **dd)
+        if adapter.act_layer is not None:
+            options["act_layer"] = adapter.act_layer(block)
+        se = SqueezeExcite(
+            adapter.channels(block, block_position), reduction, hidden_channels=hidden, init=init, **options
+        )
         block.__class__ = adapter.se_class
-        block.se = se
+        setattr(block, adapter.slot, se)  # ``se``, or the block's own attention slot
         block.se_position = block_position
         block.se_fused = fused
     return model

@@ -34,6 +34,8 @@ class SEAdapter:
         hidden: ``hidden(block, reduction)`` -> SE's hidden width where the family's authors have their own rule
             (RegNetY: block input width / r); None: ``make_divisible(C / r, 8)`` of the SE channels ``C``.
         builtin_se: ``builtin_se(block)`` -> whether the block has SE of its own somewhere else than ``block.se``.
+        act_layer: ``act_layer(block)`` -> the activation class between SE's two FC layers where the family's own SE
+            variants use the block's (timm CSPNet); None: ReLU, the paper's.
     """
 
     se_class: type[nn.Module]
@@ -44,6 +46,12 @@ class SEAdapter:
     num_stages: int = 4
     hidden: Callable[[nn.Module, float], int] | None = None
     builtin_se: Callable[[nn.Module], bool] | None = None
+    act_layer: Callable[[nn.Module], type[nn.Module]] | None = None
+
+    @property
+    def slot(self) -> str:
+        """The block attribute SE goes into: ``se``, or the SE class's ``se_slot`` (a block's own attention slot)."""
+        return getattr(self.se_class, "se_slot", "se")
 
 
 _ADAPTERS: dict[type[nn.Module], SEAdapter] = {}
@@ -72,6 +80,7 @@ def register_se_block(
     num_stages: int = 4,
     hidden: Callable[[nn.Module, float], int] | None = None,
     builtin_se: Callable[[nn.Module], bool] | None = None,
+    act_layer: Callable[[nn.Module], type[nn.Module]] | None = None,
 ) -> SEAdapter:
     """Make :func:`se_plugins.add_se` put SE into every ``block_class`` module (yours too).
 
@@ -82,11 +91,14 @@ def register_se_block(
         channels: ``channels(block, position)`` -> channels SE sees (for ``"pre"`` the block input's).
         positions: Which of ``standard``/``pre``/``post``/``identity`` the block supports (the first is its
             default). A module without a residual add subclasses :class:`SEOutputBlock` and takes ``("post",)``.
+            A block with an attention slot of its own keeps its forward (``forward = MyBlock.forward``) and
+            subclasses :class:`SESlotBlock` naming the slot (``se_slot = "attn"``): SE goes there.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
         num_stages: How many stages the family has (ResNets: 4).
         hidden: ``hidden(block, reduction)`` -> SE's hidden width (default: ``make_divisible(C / r, 8)``).
         builtin_se: ``builtin_se(block)`` -> whether the block already has SE elsewhere than ``block.se``.
+        act_layer: ``act_layer(block)`` -> the activation class inside SE (default: ReLU).
 
     Returns:
         The registered adapter.
@@ -107,7 +119,15 @@ def register_se_block(
     if not positions or unknown:
         raise ValueError(f"register_se_block: positions must be a non-empty subset of {SE_POSITIONS}, got {positions}")
     adapter = SEAdapter(
-        se_class, channels, tuple(positions), stage, description or block_class.__name__, num_stages, hidden, builtin_se
+        se_class,
+        channels,
+        tuple(positions),
+        stage,
+        description or block_class.__name__,
+        num_stages,
+        hidden,
+        builtin_se,
+        act_layer,
     )
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter

@@ -1,10 +1,13 @@
 """``se_plugin_<arch>`` timm registrations, one module per timm family, named like timm's (importing registers)."""
 
-from . import dla, dpn, efficientnet, hrnet, regnet, res2net, resnet, resnetv2
+from . import byobnet, convnext, cspnet, dla, dpn, efficientnet, hrnet, regnet, res2net, resnet, resnetv2
 from ._factory import PREFIX, complete_se_state_dict, create_se_plugin, pop_se_kwargs, register_se_twins
 
 __all__ = [
     "PREFIX",
+    "byobnet",
+    "convnext",
+    "cspnet",
     "complete_se_state_dict",
     "create_se_plugin",
     "dla",

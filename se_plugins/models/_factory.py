@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
@@ -97,6 +98,42 @@ def _twin_cfgs(base: str) -> dict[str, Any]:
         _, _, tag = name.partition(".")
         cfgs[f"{PREFIX}{base}.{tag}" if tag else PREFIX + base] = cfg.to_dict()
     return cfgs
+
+
+def _with_globals(function: types.FunctionType, **names: Any) -> types.FunctionType:
+    """``function`` running with some of its module's global names bound to other objects (its code unchanged)."""
+    namespace = {**function.__globals__, **names}
+    return types.FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
+
+
+def timm_filter_first(
+    timm_module: ModuleType, create: str, timm_filter: str = "checkpoint_filter_fn"
+) -> Callable[[str], Callable[..., nn.Module]]:
+    """``base_entrypoint`` for :func:`register_se_twins` where timm's builder fixes its own ``pretrained_filter_fn``.
+
+    ``timm_module.<create>`` (e.g. ``_create_convnext``) passes ``pretrained_filter_fn=<timm_filter>`` to
+    ``build_model_with_cfg``, so the entrypoints take no filter of ours. The returned entrypoint runs timm's own
+    entrypoint (its code, its model arguments) with ``<create>`` seeing a filter that applies timm's first (it
+    remaps original checkpoints), then ours (SE inserted, SE keys completed): the load stays strict.
+    """
+
+    def base_entrypoint(variant: str) -> Callable[..., nn.Module]:
+        timm_entrypoint = getattr(timm_module, variant)
+
+        def entrypoint(pretrained: bool = False, pretrained_filter_fn: Callable | None = None, **kwargs: Any):
+            def filter_fn(state_dict: dict, model: nn.Module) -> dict:
+                state_dict = getattr(timm_module, timm_filter)(state_dict, model)
+                return pretrained_filter_fn(state_dict, model) if pretrained_filter_fn is not None else state_dict
+
+            create_fn = _with_globals(getattr(timm_module, create), **{timm_filter: filter_fn})
+            return _with_globals(timm_entrypoint, **{create: create_fn})(pretrained=pretrained, **kwargs)
+
+        entrypoint.__name__ = variant
+        return entrypoint
+
+    return base_entrypoint
 
 
 def register_se_twins(

@@ -1,0 +1,215 @@
+"""SE in timm's BYOB networks (RepVGG, MobileOne, GENet, ResNet-*ts, ...): ``se_plugin_<arch>`` for every arch without
+attention, SE in each block's own attention slot as timm's SE variants (``seresnext26ts``, ``repvgg_d2se``) have it;
+RepVGG/MobileOne re-parameterisation keeps working with SE.
+"""
+
+import copy
+import math
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from timm.layers import make_divisible
+from timm.utils import reparameterize_model
+from torch import nn
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, has_se, se_modules
+from se_plugins.detection import fasterrcnn_timm_fpn
+from se_plugins.models.byobnet import has_attention
+from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
+
+ARCH = "repvgg_a0"  # RepVggBlocks: stem 48, stages of 2 x 48, 4 x 96, 14 x 192, 1 x 1280 channels
+_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
+# every byobnet arch with attention of its own: channel attention (SE, ECA, GC, BAT) in the model's or some block's
+# cfg, or CLIP's attention-pool head
+_WITH_ATTENTION = {
+    "bat_resnext26ts", "eca_resnet33ts", "eca_resnext26ts", "gcresnet33ts", "gcresnet50t", "gcresnext26ts",
+    "gcresnext50ts", "mobileone_s4", "regnetz_b16", "regnetz_b16_evos", "regnetz_c16", "regnetz_c16_evos",
+    "regnetz_d32", "regnetz_d8", "regnetz_d8_evos", "regnetz_e8", "repvgg_d2se", "resnet101_clip", "resnet50_clip",
+    "resnet50x16_clip", "resnet50x4_clip", "resnet50x64_clip", "seresnet33ts", "seresnext26ts",
+}  # fmt: skip
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _se_params(channels: int, reduction: float = 16) -> int:
+    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
+    return 2 * channels * hidden + hidden + channels
+
+
+def _builds_attention(arch: str) -> bool:
+    with torch.device("meta"):
+        model = timm.create_model(arch)
+    slots = ("attn", "attn_last", "self_attn")
+    return any(
+        not isinstance(getattr(m, s, nn.Identity()), nn.Identity) for m in model.modules() for s in slots
+    ) or any("Attention" in type(m).__name__ for m in model.modules())
+
+
+def test_registry_is_every_arch_without_attention():
+    bases = [n for n in timm.list_models(module="byobnet", exclude_filters=["test_*"]) if not n.startswith("se_plugin")]
+    names = timm.list_models("se_plugin_*", module="byobnet")
+    assert set(names) == {f"se_plugin_{n}" for n in bases if n not in _WITH_ATTENTION} and len(names) == 28
+    assert {n for n in bases if f"se_plugin_{n}" not in names} == _WITH_ATTENTION
+    # the cfg rule against the models timm builds: model-level SE, ECA, GC, block-level SE (mobileone_s4), an
+    # attention-pool head (CLIP) -- and the look-alikes without attention
+    with_attn = ("seresnet33ts", "eca_resnext26ts", "gcresnet33ts", "mobileone_s4", "resnet50_clip", "repvgg_d2se")
+    for arch in (*with_attn, "resnet33ts", "resnext26ts", "mobileone_s0", "gernet_s", "resnet50_clip_gap", "resnet61q"):
+        assert has_attention(arch) == _builds_attention(arch), arch
+
+
+def test_parameter_count_from_widths():
+    with torch.device("meta"):
+        base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
+    widths = [48] + [48] * 2 + [96] * 4 + [192] * 14 + [1280]  # the stem is a RepVggBlock too (SE, as repvgg_d2se)
+    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 304_120
+    assert _count(base) == 9_108_968
+    assert [se.channels for se in se_modules(ours).values()] == widths
+
+
+@pytest.mark.parametrize("arch", [ARCH, "mobileone_s0", "gernet_s", "resnet33ts"])
+def test_identity_init_keeps_outputs_and_keys(arch):
+    torch.manual_seed(0)
+    model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model)
+        assert torch.equal(model(_x()), before)  # gates are exactly 1: x * 1 == x
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    slot = "attn_last" if arch == "gernet_s" else "attn"  # gernet's first stages are BasicBlocks
+    new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.0.")}
+    assert new == {f"stages.0.0.{slot}.{p}" for p in _SE_KEYS}
+
+
+def test_se_sits_in_the_blocks_own_slot():
+    torch.manual_seed(0)
+    rep = random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random")).stages[1][1]
+    net = random_se(timm.create_model("se_plugin_gernet_s", se_init="random"))
+    basic, bottle = net.stages[0][0], net.stages[2][1]
+    with torch.no_grad():
+        for block, expected in (
+            (rep, lambda b, x: b.act(b.attn(b.conv_1x1(x) + b.conv_kxk(x) + b.identity(x)))),
+            (basic, lambda b, x: b.act(b.attn_last(b.conv2_kxk(b.conv1_kxk(x))) + b.shortcut(x))),
+            (bottle, lambda b, x: b.act(b.conv3_1x1(b.attn(b.conv2_kxk(b.conv1_1x1(x)))) + x)),
+        ):
+            x = torch.randn(1, next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels, 8, 8)
+            assert block.se is getattr(block, block.se_slot)
+            torch.testing.assert_close(block(x), expected(block, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", [ARCH, "mobileone_s0"])
+def test_reparameterize_with_se(arch):
+    torch.manual_seed(0)
+    model = random_se(timm.create_model(f"se_plugin_{arch}", se_init="random"))
+    ses = se_modules(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        before = model(_x())
+        reparameterize_model(model, inplace=True)
+        after = model(_x())
+    blocks = [b for b in model.modules() if hasattr(b, "se_slot")]
+    assert se_modules(model) == ses and len(blocks) == len(ses)
+    assert all(b.reparam_conv is not None and not hasattr(b, "conv_kxk") for b in blocks)  # one conv per block
+    # folding the norms into the convs rounds differently in every block: depth x the widest conv's fan-in
+    fan_in = max(c.in_channels // c.groups * math.prod(c.kernel_size) for c in convs)
+    assert (after - before).abs().max().item() <= rounding_tolerance(before, layers=len(ses), fan_in=fan_in)
+
+
+def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
+    # seresnext26ts is resnext26ts with timm's SEModule (r=16, ReLU) in every BottleneckBlock's ``attn``
+    torch.manual_seed(0)
+    timm_se = randomize_norm_stats(timm.create_model("seresnext26ts")).eval()
+    ours = timm.create_model("se_plugin_resnext26ts").eval()
+    ours.load_state_dict(timm_se.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(ours(_x()), timm_se(_x()))
+    torch.save(timm_se.state_dict(), tmp_path / "seresnext26ts.pth")
+    overlay = dict(file=str(tmp_path / "seresnext26ts.pth"))
+    loaded = timm.create_model("se_plugin_resnext26ts", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(_x()), timm_se(_x()))
+
+
+def test_options_and_errors():
+    model = timm.create_model(f"se_plugin_{ARCH}", se_stages=(1,), se_reduction=8)
+    assert sorted(se_modules(model)) == ["stages.0.0.attn", "stages.0.1.attn", "stem.attn"]  # the stem is stage 1
+    assert model.stem.se.hidden_channels == 8
+    with pytest.raises(ValueError, match=r"position 'identity' is not supported by timm byobnet RepVggBlock"):
+        add_se(timm.create_model(ARCH), position="identity")
+    with torch.device("meta"), pytest.raises(ValueError, match="already has SE"):
+        add_se(timm.create_model("eca_resnet33ts"))  # timm's own ECA in the slot
+    with pytest.raises(ValueError, match="init must be one of"):
+        add_se(timm.create_model(ARCH), init="zeros")
+
+
+def test_pretrained_base_weights_through_timm(tmp_path):
+    torch.manual_seed(0)
+    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
+    base = timm.create_model(ARCH, **kwargs).eval()
+    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
+    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    with torch.no_grad():
+        assert torch.equal(ours(_x()), base(_x()))
+        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
+        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
+        assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        final, inter = ours.forward_intermediates(_x())
+        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+
+
+@pytest.mark.slow
+def test_torchscript_fx_and_compile_match_eager():
+    torch.manual_seed(0)
+    model = random_se(timm.create_model("se_plugin_gernet_s", num_classes=5, se_init="random"))  # all block kinds
+    x = _x()
+    assert_scripted_matches(model, x)
+    assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random")), x)
+    graph = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert same_ops_close(graph(x), model(x))
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    graph(x).sum().backward()
+    se_names = tuple(f"{n}." for n in se_modules(model))
+    assert all(p.grad is not None for n, p in graph.named_parameters() if n.startswith(se_names))
+    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
+    assert sum(k.endswith(".attn.fc1.weight") for k in fx_feats.state_dict()) == 22
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_train_one_step():
+    torch.manual_seed(0)
+    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
+                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
+    assert len(se_modules(detector)) == 22
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    loss = sum(detector.train()(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for m in se_modules(detector).values() for p in m.parameters())
+
+    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
+    assert len(se_modules(unet)) == 22
+    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for m in se_modules(unet).values() for p in m.parameters())

@@ -1,0 +1,282 @@
+"""SE in timm's ConvNeXt V1/V2: ``se_plugin_convnext*`` twins, SE after the layer scale, before the add (NCHW)."""
+
+import copy
+import re
+
+import pytest
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from timm.layers import make_divisible
+from torch import nn
+from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import add_se, has_se, se_modules, set_se_fused
+from se_plugins.detection import fasterrcnn_timm_fpn
+from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.test_torchscript import assert_scripted_matches
+
+ARCH = "convnext_atto"  # depths (2, 2, 6, 2), dims (40, 80, 160, 320)
+V2 = "convnextv2_atto"
+_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
+
+
+def _x(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _se_params(channels: int, reduction: float = 16) -> int:
+    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
+    return 2 * channels * hidden + hidden + channels
+
+
+def _trained_like(model: nn.Module) -> nn.Module:
+    """Norms and layer scales of a trained model (timm initialises gamma to 1e-6, which hides every branch)."""
+    randomize_norm_stats(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma") or "grn" in name:
+                p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
+    return model
+
+
+def test_registry_lists_every_v1_and_v2_arch():
+    bases = [
+        n for n in timm.list_models(module="convnext", exclude_filters=["test_*"]) if not n.startswith("se_plugin")
+    ]
+    names = timm.list_models("se_plugin_*", module="convnext")
+    assert set(names) == {f"se_plugin_{n}" for n in bases} and len(names) == 28
+    assert {"se_plugin_convnext_atto", "se_plugin_convnextv2_atto", "se_plugin_convnextv2_huge"} <= set(names)
+
+
+def test_parameter_count_from_widths():
+    with torch.device("meta"):
+        base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
+    widths = [40] * 2 + [80] * 2 + [160] * 6 + [320] * 2  # one SE per block, on the block's width
+    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 51_888
+    assert _count(base) == 3_695_520
+    assert [se.channels for se in se_modules(ours).values()] == widths
+
+
+@pytest.mark.parametrize("arch", [ARCH, V2])
+def test_identity_init_keeps_outputs_and_keys(arch):
+    torch.manual_seed(0)
+    model = _trained_like(timm.create_model(arch, num_classes=5)).eval()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model)
+        assert same_ops_close(model(_x()), before)  # the fused add is one addcmul instead of mul + add
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
+    assert new == {f"stages.0.blocks.0.se.{p}" for p in _SE_KEYS}
+
+
+def _branch(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ConvNeXt branch composed by hand from timm's block: dwconv, norm, MLP (channels-last or 1x1), gamma."""
+    x = b.conv_dw(x)
+    if b.use_conv_mlp:
+        x = b.mlp(b.norm(x))
+    else:
+        x = b.mlp(b.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+    return x if b.gamma is None else x * b.gamma.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("conv_mlp", [True, False], ids=["conv_mlp", "channels_last_mlp"])
+@pytest.mark.parametrize("position", ["standard", "pre", "post", "identity"])
+def test_positions_against_the_block_composed_by_hand(position, conv_mlp):
+    torch.manual_seed(0)
+    model = _trained_like(timm.create_model(ARCH, conv_mlp=conv_mlp))
+    block = random_se(add_se(model, position=position, init="random", fused=False)).stages[1].blocks[1]
+    seen = []
+    block.se.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    x = torch.randn(2, 80, 8, 8)
+    expected = {
+        # branch + shortcut, in timm's order (the sum's memory format, so SE's pooling order, follows the first)
+        "standard": lambda: block.se(_branch(block, x)) + x,
+        "pre": lambda: _branch(block, block.se(x)) + x,
+        "post": lambda: block.se(_branch(block, x) + x),
+        "identity": lambda: _branch(block, x) + block.se(x),
+    }[position]
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected(), rtol=0, atol=0)
+    assert seen[0] == (2, 80, 8, 8)  # SE sees NCHW, also behind the channels-last MLP
+
+
+def _torchvision_convnext() -> nn.Module:
+    """A small torchvision ConvNeXt (the CNBlock of convnext_tiny, narrower) with trained-like norms and scales."""
+    cfgs = [CNBlockConfig(16, 32, 2), CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 2), CNBlockConfig(128, None, 2)]
+    model = randomize_norm_stats(ConvNeXt(cfgs, stochastic_depth_prob=0.1, num_classes=5))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_scale"):
+                p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("position", ["standard", "pre", "post", "identity"])
+def test_torchvision_convnext(position):
+    torch.manual_seed(0)
+    model = _torchvision_convnext()
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(_x())
+        add_se(model, position=position)
+        assert same_ops_close(model(_x()), before)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    assert {k for k in set(state) - set(before_state) if k.startswith("features.3.1.")} == {
+        f"features.3.1.se.{p}" for p in _SE_KEYS
+    }
+    assert [se.channels for se in se_modules(model).values()] == [16, 16, 32, 32, 64, 64, 128, 128]
+    random_se(model)
+    block = model.features[3][1]
+    x = torch.randn(2, 32, 8, 8)
+    branch = lambda x: block.layer_scale * block.block(x)  # noqa: E731
+    expected = {
+        "standard": lambda: block.se(branch(x)) + x,
+        "pre": lambda: branch(block.se(x)) + x,
+        "post": lambda: block.se(branch(x) + x),
+        "identity": lambda: branch(x) + block.se(x),
+    }[position]
+    with torch.no_grad():
+        assert same_ops_close(block(x), expected())  # the fused add is one addcmul
+        set_se_fused(model, False)
+        torch.testing.assert_close(block(x), expected(), rtol=0, atol=0)
+    assert sorted(se_modules(add_se(_torchvision_convnext(), stages=(2,)))) == ["features.3.0.se", "features.3.1.se"]
+
+
+@pytest.mark.slow
+def test_torchvision_convnext_torchscript_and_fx():
+    torch.manual_seed(0)
+    model = random_se(add_se(_torchvision_convnext(), init="random"))
+    assert_scripted_matches(model, _x())
+    graph = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        assert same_ops_close(graph(_x()), model(_x()))
+
+
+def test_fused_equals_plain_forward_and_backward():
+    torch.manual_seed(0)
+    model = _trained_like(timm.create_model(f"se_plugin_{V2}", se_init="random", drop_path_rate=0.0))
+    random_se(model)
+    plain = copy.deepcopy(model)
+    set_se_fused(plain, False)
+    with torch.no_grad():
+        assert same_ops_close(model(_x()), plain(_x()))
+    model.train()(_x()).sum().backward()
+    plain.train()(_x()).sum().backward()
+    for (name, a), b in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert same_ops_close(a.grad, b.grad), name
+
+
+def test_options_and_errors():
+    model = timm.create_model(f"se_plugin_{ARCH}", se_stages=(4,), se_reduction=8, se_position="post")
+    assert sorted(se_modules(model)) == ["stages.3.blocks.0.se", "stages.3.blocks.1.se"]
+    assert model.stages[3].blocks[0].se.hidden_channels == 40 and model.stages[3].blocks[0].se_position == "post"
+    with pytest.raises(ValueError, match=r"position must be one of"):
+        add_se(timm.create_model(ARCH), position="after_dwconv")
+    with pytest.raises(ValueError, match="already has SE"):
+        add_se(timm.create_model(f"se_plugin_{ARCH}"))
+    with pytest.raises(ValueError, match=r"stages must be a non-empty subset of 1\.\.4"):
+        add_se(timm.create_model(ARCH), stages=(5,))
+
+
+@pytest.mark.parametrize("arch", [ARCH, V2])
+def test_pretrained_base_weights_through_timm(arch, tmp_path):
+    torch.manual_seed(0)
+    torch.save(_trained_like(timm.create_model(arch)).state_dict(), tmp_path / "base.pth")
+    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
+    base = timm.create_model(arch, **kwargs).eval()
+    ours = timm.create_model(f"se_plugin_{arch}", **kwargs).eval()
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
+    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    with torch.no_grad():
+        assert same_ops_close(ours(_x()), base(_x()))
+        feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
+        base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
+        assert has_se(feats) and feats.feature_info.reduction() == [4, 8, 16, 32]
+        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        final, inter = ours.forward_intermediates(_x())
+        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+
+
+def _to_facebook_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ConvNeXt keys -> the original (facebookresearch) checkpoint's, which timm's checkpoint filter remaps."""
+    out = {}
+    for k, v in state.items():
+        k = re.sub(r"^stem\.", "downsample_layers.0.", k)
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv").replace("head.fc.", "head.")
+        out[k.replace("head.norm.", "norm.")] = v
+    return out
+
+
+def test_timm_checkpoint_filter_runs_before_ours(tmp_path):
+    # timm's ConvNeXt builder fixes its own filter (original checkpoints -> timm keys); the twin composes it with
+    # the SE insertion, so an original-format checkpoint loads strictly into the twin
+    torch.manual_seed(0)
+    base = _trained_like(timm.create_model(ARCH)).eval()
+    torch.save({"model": _to_facebook_keys(base.state_dict())}, tmp_path / "fb.pth")
+    overlay = dict(file=str(tmp_path / "fb.pth"))
+    ours = timm.create_model(f"se_plugin_{ARCH}", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    state = ours.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
+    with torch.no_grad():
+        assert same_ops_close(ours(_x()), base(_x()))
+
+
+@pytest.mark.slow
+def test_torchscript_fx_and_compile_match_eager():
+    torch.manual_seed(0)
+    model = random_se(_trained_like(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random")))
+    x = _x()
+    assert_scripted_matches(model, x)
+    assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{V2}", features_only=True, se_init="random")), x)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            graph = torch.fx.symbolic_trace(model)
+        with torch.no_grad():
+            assert same_ops_close(graph(x), model(x))
+    graph(x).sum().backward()
+    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    with torch.no_grad():
+        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
+    assert sum(k.endswith(".se.fc1.weight") for k in fx_feats.state_dict()) == 12
+
+
+@pytest.mark.slow
+def test_detection_and_segmentation_train_one_step():
+    torch.manual_seed(0)
+    # ConvNeXt has four feature levels (strides 4..32), not the default's five: the FPN takes levels 1..3
+    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
+                                   out_indices=(1, 2, 3), rpn_pre_nms_top_n_train=50,
+                                   rpn_post_nms_top_n_train=20)  # fmt: skip
+    assert len(se_modules(detector)) == 12
+    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    loss = sum(detector.train()(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
+
+    # ConvNeXt's features start at stride 4: smp's timm encoder adds the stride-2 level itself
+    unet = smp.Unet(f"tu-se_plugin_{V2}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
+    assert len(se_modules(unet)) == 12
+    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
