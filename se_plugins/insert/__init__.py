@@ -2,8 +2,9 @@
 
 Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
-encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv`` built without SE (MobileNetV2),
-torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
+encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv``/``EdgeResidual`` built without
+SE (MobileNetV1/V2, MNASNet-B1, FBNet-C, SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU), torchvision's MobileNetV2
+``InvertedResidual`` and MNASNet ``_InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
 ResNet-V2 blocks. A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
 scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
 change. :func:`register_se_block` makes a user's own block class supported.
@@ -14,6 +15,7 @@ from . import (  # noqa: F401  (register the adapters)
     timm_regnet,
     timm_resnet,
     timm_resnetv2,
+    torchvision_mnasnet,
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,

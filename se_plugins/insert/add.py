@@ -59,6 +59,14 @@ def _check_stages(stages: Iterable[int] | None, num_stages: int = 4) -> set[int]
     return chosen
 
 
+def _num_stages(blocks: list[tuple[str, nn.Module, SEAdapter]]) -> int:
+    """The model's stage count: its families' own, or (``num_stages=None``) the highest stage of their blocks."""
+    counts = [
+        adapter.num_stages if adapter.num_stages is not None else adapter.stage(name) for name, _, adapter in blocks
+    ]
+    return max((c for c in counts if c is not None), default=1)
+
+
 def add_se(
     model: nn.Module,
     *,
@@ -74,7 +82,7 @@ def add_se(
         model: A model containing supported blocks (a classifier, a features_only model, a Faster R-CNN, an smp
             encoder or a whole smp model); see :func:`se_plugins.register_se_block` for your own blocks.
         reduction: SE reduction ratio r (hidden width ``make_divisible(C / r, 8)`` as in timm).
-        stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7); ``None`` = all.
+        stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7, MobileNetV1: 1..5); ``None`` = all.
         position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation);
             ``None`` (default): each family's own (``"standard"`` for residual blocks, ``"post"`` -- the
             module's output -- for families without a residual add).
@@ -105,7 +113,7 @@ def add_se(
         raise ValueError(
             f"add_se: {type(model).__name__} has no supported residual block; supported: {supported_blocks()}"
         )
-    chosen = _check_stages(stages, max(adapter.num_stages for _, _, adapter in blocks))
+    chosen = _check_stages(stages, _num_stages(blocks))
     for name, block, adapter in blocks:
         if _block_has_se(block, adapter):
             raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")

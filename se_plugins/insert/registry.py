@@ -30,7 +30,8 @@ class SEAdapter:
         positions: The positions this family supports; the first is its default (``add_se(position=None)``).
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
-        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``).
+        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``);
+            None: it differs per model, and the model's count is the highest stage its blocks have.
         hidden: ``hidden(block, reduction)`` -> SE's hidden width where the family's authors have their own rule
             (RegNetY: block input width / r); None: ``make_divisible(C / r, 8)`` of the SE channels ``C``.
         builtin_se: ``builtin_se(block)`` -> whether the block has SE of its own somewhere else than ``block.se``.
@@ -41,7 +42,7 @@ class SEAdapter:
     positions: tuple[str, ...] = SE_POSITIONS
     stage: Callable[[str], int | None] = stage_from_layer_name
     description: str = ""
-    num_stages: int = 4
+    num_stages: int | None = 4
     hidden: Callable[[nn.Module, float], int] | None = None
     builtin_se: Callable[[nn.Module], bool] | None = None
 
@@ -69,7 +70,7 @@ def register_se_block(
     positions: tuple[str, ...] = SE_POSITIONS,
     stage: Callable[[str], int | None] = stage_from_layer_name,
     description: str = "",
-    num_stages: int = 4,
+    num_stages: int | None = 4,
     hidden: Callable[[nn.Module, float], int] | None = None,
     builtin_se: Callable[[nn.Module], bool] | None = None,
 ) -> SEAdapter:
@@ -84,7 +85,7 @@ def register_se_block(
             default). A module without a residual add subclasses :class:`SEOutputBlock` and takes ``("post",)``.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
-        num_stages: How many stages the family has (ResNets: 4).
+        num_stages: How many stages the family has (ResNets: 4); None: counted per model from its blocks' stages.
         hidden: ``hidden(block, reduction)`` -> SE's hidden width (default: ``make_divisible(C / r, 8)``).
         builtin_se: ``builtin_se(block)`` -> whether the block already has SE elsewhere than ``block.se``.
 
