@@ -320,7 +320,8 @@ class SEUnet(smp.Unet):
         se_decoder: Put SE after each decoder block (``decoder.blocks.<i>.attention2.attention``).
         reduction: SE reduction ratio r (encoder and decoder).
         se_stages: Encoder stages (1..4) that get SE; ``None`` = all.
-        se_position: SE position in the encoder blocks: ``"standard"``, ``"pre"``, ``"post"``, ``"identity"``.
+        se_position: SE position in the encoder blocks: ``"standard"``, ``"pre"``, ``"post"``, ``"identity"``;
+            ``None``: each block family's own (``"standard"``; ``"post"`` for DenseNet/VGG, no residual add).
         se_init: ``"identity"`` or ``"random"`` for every new SE; ``None``: ``"identity"`` with
             ``encoder_weights`` (the pretrained function is kept), ``"random"`` (the paper's) without.
         activation: Activation of the segmentation head (smp's: ``None``, ``"sigmoid"``, ``"softmax2d"``...).
@@ -352,7 +353,7 @@ class SEUnet(smp.Unet):
         se_decoder: bool = True,
         reduction: float = 16,
         se_stages: Sequence[int] | None = None,
-        se_position: SEPosition = "standard",
+        se_position: SEPosition | None = None,
         se_init: SEInit | None = None,
         activation: str | Callable | None = None,
         **unet_kwargs: Any,

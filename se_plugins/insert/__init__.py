@@ -11,6 +11,7 @@ change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    densenet,
     timm_mobilenet,
     timm_regnet,
     timm_resnet,
