@@ -20,11 +20,12 @@ from . import (  # noqa: F401  (register the adapters)
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,
+    vgg,
 )
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused
 from .block import SE_POSITIONS, SEResidualBlock
 from .output_block import SEOutputBlock
-from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, supported_blocks
+from .registry import SEAdapter, adapter_for, conv_channels, register_se_block, register_se_sites, supported_blocks
 
 __all__ = [
     "SE_POSITIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "iter_residual_blocks",
     "iter_se_blocks",
     "register_se_block",
+    "register_se_sites",
     "se_modules",
     "set_se_fused",
     "supported_blocks",

@@ -9,15 +9,16 @@ from torch import nn
 
 from ..layers import SE_INITS, SEInit, SqueezeExcite
 from .block import SE_POSITIONS, SEResidualBlock
-from .registry import SEAdapter, adapter_for, supported_blocks
+from .registry import SEAdapter, adapter_for, site_adapters, supported_blocks
 
 SEPosition = Literal["standard", "pre", "post", "identity"]
 
 
 def iter_se_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, SEAdapter]]:
     """Yield ``(qualified name, block, adapter)`` for every block of ``model`` that can get (or has) SE."""
+    sites = site_adapters(model)
     for name, module in model.named_modules():
-        adapter = adapter_for(module)
+        adapter = sites.get(id(module)) or adapter_for(module)
         if adapter is not None:
             yield name, module, adapter
 
@@ -129,7 +130,9 @@ def add_se(
     for name, block, adapter in blocks:
         if chosen is not None and adapter.stage(name) not in chosen:
             continue
-        ref = next(block.parameters())
+        ref = next(block.parameters(), None)
+        if ref is None:  # a parameterless site (VGG's ReLU): SE goes where the model's weights are
+            ref = next(model.parameters())
         hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
         dd = {"device": ref.device, "dtype": ref.dtype}
         block_position = adapter.positions[0] if position is None else position

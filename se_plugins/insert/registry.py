@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -113,6 +114,53 @@ def register_se_block(
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter
     return adapter
+
+
+# container class -> (find, adapter): SE sites that only the container can tell (VGG's ReLUs after a conv)
+SiteFinder = Callable[[nn.Module], Iterable[tuple[nn.Module, int | None, int]]]
+_SITE_FINDERS: dict[type[nn.Module], tuple[SiteFinder, SEAdapter]] = {}
+
+
+def register_se_sites(
+    container_class: type[nn.Module],
+    se_class: type[nn.Module],
+    find: SiteFinder,
+    *,
+    positions: tuple[str, ...],
+    description: str,
+    num_stages: int | None = None,
+) -> SEAdapter:
+    """Make :func:`se_plugins.add_se` put SE on modules that only their model can tell apart.
+
+    For layers of a common class (VGG's ``nn.ReLU``) that get SE only at certain places of certain models:
+    ``find(container)`` yields ``(module, stage, channels)`` for each site inside a ``container_class`` module (its
+    SE class included, so SE already there is seen). Only ``se_class`` (the class a site's module is switched to)
+    is registered as a block, never the common class, so no other model's ReLUs are touched.
+    """
+    adapter = SEAdapter(
+        se_class,
+        channels=lambda block, position: block.se.channels,
+        positions=tuple(positions),
+        stage=lambda name: None,
+        description=description,
+        num_stages=num_stages,
+    )
+    _ADAPTERS[se_class] = adapter
+    _SITE_FINDERS[container_class] = (find, adapter)
+    return adapter
+
+
+def site_adapters(model: nn.Module) -> dict[int, SEAdapter]:
+    """``id(module) -> adapter`` (with the site's stage and channels) for the sites of every container in ``model``."""
+    found = {}
+    for module in model.modules():
+        for container_class, (find, adapter) in _SITE_FINDERS.items():
+            if isinstance(module, container_class):
+                for site, stage, channels in find(module):
+                    found[id(site)] = dataclasses.replace(
+                        adapter, channels=lambda block, position, c=channels: c, stage=lambda name, s=stage: s
+                    )
+    return found
 
 
 def adapter_for(module: nn.Module) -> SEAdapter | None:

@@ -1,6 +1,6 @@
 """``se_plugin_<arch>`` timm registrations, one module per timm family, named like timm's (importing registers)."""
 
-from . import densenet, efficientnet, regnet, resnet, resnetv2
+from . import densenet, efficientnet, regnet, resnet, resnetv2, vgg
 from ._factory import PREFIX, complete_se_state_dict, create_se_plugin, pop_se_kwargs, register_se_twins
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "regnet",
     "resnet",
     "resnetv2",
+    "vgg",
 ]
