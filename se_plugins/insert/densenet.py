@@ -6,8 +6,8 @@ branch (Inception, Fig. 2) is SE on the module's output before it is aggregated;
 concatenation, so SE recalibrates the layer's new features before they join the block's running concatenation (one
 of the placements of the SE-DenseNet variants in the literature). Each feature map is then scaled once, by the layer
 that made it, and every later layer and the transition see the recalibrated maps. Transitions get none: they are 3 per
-net against 58..120 dense layers, and they only compress and pool. SE sees ``growth_rate`` channels (32 or 48); with timm's
-``make_divisible(C / r, 8)`` its hidden width is at least 8.
+net against 58..120 dense layers, and they only compress and pool. SE sees ``growth_rate`` channels (32 or 48);
+with timm's ``make_divisible(C / r, 8)`` its hidden width is at least 8.
 
 A dense layer takes a tensor or the block's list of tensors; the SE classes keep the layer's own forward (eager, FX,
 ``torch.compile``, memory-efficient checkpointing, TorchScript). torchvision declares its forward for a tensor and
