@@ -4,10 +4,12 @@ Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNe
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv``/``EdgeResidual`` built without
 SE (MobileNetV1/V2, MNASNet-B1, FBNet-C, SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU), torchvision's MobileNetV2
-``InvertedResidual`` and MNASNet ``_InvertedResidual``, the RegNetX blocks of timm and torchvision and timm's pre-activation
-ResNet-V2 blocks. A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
-scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
-change. :func:`register_se_block` makes a user's own block class supported.
+``InvertedResidual`` and MNASNet ``_InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's
+pre-activation ResNet-V2 blocks, the dense layers of timm's and torchvision's DenseNet (SE on each layer's new
+features) and the conv units of their VGGs (SE after each conv's ReLU; sites found by the VGG container,
+:func:`register_se_sites`). A block gets SE by switching its class to an SE subclass (module-level, so models stay
+picklable, scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys
+never change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
