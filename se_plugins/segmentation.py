@@ -47,9 +47,10 @@ __all__ = ["SEGMENTATION_MODELS", "SEUnet", "add_decoder_se", "decoder_se_module
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 TIMM_PREFIX = "tu-"
 SUPPORTED_ENCODERS = (
-    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'tu-<timm ResNet family>' "
-    "(tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', 'tu-regnetx_*', "
-    "'tu-mobilenetv2_*' and 'tu-se_plugin_<arch>' (SE built in)"
+    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'densenet*', 'vgg*', "
+    "'tu-<timm ResNet family>' (tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', "
+    "'tu-regnetx_*', 'tu-mobilenetv2_*' (and the other SE-less efficientnet-builder nets), 'tu-densenet*' and "
+    "'tu-se_plugin_<arch>' (SE built in)"
 )
 
 

@@ -211,12 +211,12 @@ def test_se_unet_does_not_add_se_twice_to_se_plugin_encoders():
 
 def test_se_unet_errors_are_clear():
     with pytest.raises(SEPluginsError) as info:
-        se_unet("vgg11", 2)
+        se_unet("mobileone_s0", 2)
     message = str(info.value)
-    assert "\n" not in message and "'vgg11'" in message
+    assert "\n" not in message and "'mobileone_s0'" in message
     for supported in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "tu-se_plugin_"):
         assert supported in message
-    assert set(se_modules(se_unet("vgg11", 2, se_encoder=False))) == {
+    assert set(se_modules(se_unet("mobileone_s0", 2, se_encoder=False))) == {
         f"decoder.blocks.{i}.attention2.attention" for i in range(5)
     }
     with pytest.raises(ValueError, match="decoder_attention_type"):
