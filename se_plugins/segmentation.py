@@ -47,10 +47,11 @@ __all__ = ["SEGMENTATION_MODELS", "SEUnet", "add_decoder_se", "decoder_se_module
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 TIMM_PREFIX = "tu-"
 SUPPORTED_ENCODERS = (
-    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'tu-<timm ResNet family>' "
-    "(tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', 'tu-regnetx_*', "
-    "'tu-mobilenetv2_*', timm's CSPNet/DarkNet, BYOB (RepVGG, MobileOne, ...) and ConvNeXt encoders without "
-    "attention, and 'tu-se_plugin_<arch>' (SE built in)"
+    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'densenet*', 'vgg*', "
+    "'tu-<timm ResNet family>' (tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', "
+    "'tu-regnetx_*', 'tu-mobilenetv2_*' (and the other SE-less efficientnet-builder nets), 'tu-densenet*', "
+    "timm's CSPNet/DarkNet, BYOB (RepVGG, MobileOne, ...) and ConvNeXt encoders without attention, and "
+    "'tu-se_plugin_<arch>' (SE built in)"
 )
 
 
@@ -321,7 +322,8 @@ class SEUnet(smp.Unet):
         se_decoder: Put SE after each decoder block (``decoder.blocks.<i>.attention2.attention``).
         reduction: SE reduction ratio r (encoder and decoder).
         se_stages: Encoder stages (1..4) that get SE; ``None`` = all.
-        se_position: SE position in the encoder blocks: ``"standard"``, ``"pre"``, ``"post"``, ``"identity"``.
+        se_position: SE position in the encoder blocks: ``"standard"``, ``"pre"``, ``"post"``, ``"identity"``;
+            ``None``: each block family's own (``"standard"``; ``"post"`` for DenseNet/VGG, no residual add).
         se_init: ``"identity"`` or ``"random"`` for every new SE; ``None``: ``"identity"`` with
             ``encoder_weights`` (the pretrained function is kept), ``"random"`` (the paper's) without.
         activation: Activation of the segmentation head (smp's: ``None``, ``"sigmoid"``, ``"softmax2d"``...).
@@ -353,7 +355,7 @@ class SEUnet(smp.Unet):
         se_decoder: bool = True,
         reduction: float = 16,
         se_stages: Sequence[int] | None = None,
-        se_position: SEPosition = "standard",
+        se_position: SEPosition | None = None,
         se_init: SEInit | None = None,
         activation: str | Callable | None = None,
         **unet_kwargs: Any,

@@ -60,7 +60,7 @@ def resnet34_file(tmp_path_factory):
 
 
 # -------------------------------------------------------------------- se_plugin_* encoders in plain smp.Unet
-@pytest.mark.slow  # builds every se_plugin_* arch (82, on the meta device)
+@pytest.mark.slow  # builds every se_plugin_* arch (128, on the meta device)
 def test_every_se_plugin_arch_builds_as_smp_unet_encoder():
     names = timm.list_models("se_plugin_*")
     resnets = set(timm.list_models("se_plugin_*", module="resnet"))
@@ -74,7 +74,7 @@ def test_every_se_plugin_arch_builds_as_smp_unet_encoder():
         assert len(channels) == 6, name
         if name in resnets:
             assert channels[0] == 4 and channels[-1] in (512, 2048), name
-        elif reductions[0] == 1:  # DarkNet's stride-1 stem level: smp uses it in place of the input's
+        elif reductions[0] == 1:  # DarkNet's and VGG's stride-1 level: smp uses it in place of the input's
             assert list(channels) == model.encoder.model.feature_info.channels(), name
         elif reductions[0] == 4:  # ConvNeXt's features start at stride 4: smp adds an empty stride-2 level
             assert list(channels) == [4, 0, *model.encoder.model.feature_info.channels()], name
@@ -211,12 +211,12 @@ def test_se_unet_does_not_add_se_twice_to_se_plugin_encoders():
 
 def test_se_unet_errors_are_clear():
     with pytest.raises(SEPluginsError) as info:
-        se_unet("vgg11", 2)
+        se_unet("mobileone_s0", 2)
     message = str(info.value)
-    assert "\n" not in message and "'vgg11'" in message
+    assert "\n" not in message and "'mobileone_s0'" in message
     for supported in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2", "tu-se_plugin_"):
         assert supported in message
-    assert set(se_modules(se_unet("vgg11", 2, se_encoder=False))) == {
+    assert set(se_modules(se_unet("mobileone_s0", 2, se_encoder=False))) == {
         f"decoder.blocks.{i}.attention2.attention" for i in range(5)
     }
     with pytest.raises(ValueError, match="decoder_attention_type"):

@@ -35,7 +35,7 @@ class SEConfig:
     enabled: bool = True  # insert SE blocks at all (false = the plain baseline model)
     reduction: int = 16  # reduction ratio r of the SE bottleneck (hidden width = C / r)
     stages: list[int] | None = None  # ResNet stages (1..4) that get SE; null = all stages
-    position: str = "standard"  # "standard" | "pre" | "post" | "identity" (the paper's integration variants)
+    position: str | None = None  # standard | pre | post | identity (the paper's variants); null: the family's own
     init: str = "identity"  # "identity" (model starts equal to the SE-free one) | "random" (the paper's init)
     encoder: bool = True  # segmentation: SE in the encoder blocks
     decoder: bool = True  # segmentation: SE in the decoder blocks
@@ -184,6 +184,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 """Allowed values of the string keys that are a choice."""
 
+_OPTIONAL_CHOICES = {"model.se.position"}  # null allowed: add_se's default
+
 _MIN_VALUES: dict[str, float] = {
     "train.epochs": 1,
     "train.batch_size": 1,
@@ -278,6 +280,8 @@ def validate_config(cfg: DictConfig, source: str = "config") -> None:
     """Check the values the type system cannot: choices and ranges (raises ConfigError naming the key)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key in _OPTIONAL_CHOICES:
+            continue
         if value not in allowed:
             raise ConfigError(f"{source}: {key}: {value!r} is not one of {', '.join(allowed)}")
     for key, low in _MIN_VALUES.items():

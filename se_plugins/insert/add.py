@@ -9,15 +9,16 @@ from torch import nn
 
 from ..layers import SE_INITS, SEInit, SqueezeExcite
 from .block import SE_POSITIONS, SEResidualBlock
-from .registry import SEAdapter, adapter_for, supported_blocks
+from .registry import SEAdapter, adapter_for, site_adapters, supported_blocks
 
 SEPosition = Literal["standard", "pre", "post", "identity"]
 
 
 def iter_se_blocks(model: nn.Module) -> Iterator[tuple[str, nn.Module, SEAdapter]]:
     """Yield ``(qualified name, block, adapter)`` for every block of ``model`` that can get (or has) SE."""
+    sites = site_adapters(model)
     for name, module in model.named_modules():
-        adapter = adapter_for(module)
+        adapter = sites.get(id(module)) or adapter_for(module)
         if adapter is not None:
             yield name, module, adapter
 
@@ -60,6 +61,14 @@ def _check_stages(stages: Iterable[int] | None, num_stages: int = 4) -> set[int]
     return chosen
 
 
+def _num_stages(blocks: list[tuple[str, nn.Module, SEAdapter]]) -> int:
+    """The model's stage count: its families' own, or (``num_stages=None``) the highest stage of their blocks."""
+    counts = [
+        adapter.num_stages if adapter.num_stages is not None else adapter.stage(name) for name, _, adapter in blocks
+    ]
+    return max((c for c in counts if c is not None), default=1)
+
+
 def add_se(
     model: nn.Module,
     *,
@@ -75,7 +84,7 @@ def add_se(
         model: A model containing supported blocks (a classifier, a features_only model, a Faster R-CNN, an smp
             encoder or a whole smp model); see :func:`se_plugins.register_se_block` for your own blocks.
         reduction: SE reduction ratio r (hidden width ``make_divisible(C / r, 8)`` as in timm).
-        stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7); ``None`` = all.
+        stages: Which stages get SE (ResNets: 1..4, timm MobileNetV2: 1..7, MobileNetV1: 1..5); ``None`` = all.
         position: ``"standard"`` (paper), ``"pre"``, ``"post"`` or ``"identity"`` (the paper's ablation);
             ``None`` (default): each family's own (``"standard"`` for residual blocks, ``"post"`` -- the
             module's output -- for families without a residual add).
@@ -106,7 +115,7 @@ def add_se(
         raise ValueError(
             f"add_se: {type(model).__name__} has no supported residual block; supported: {supported_blocks()}"
         )
-    chosen = _check_stages(stages, max(adapter.num_stages for _, _, adapter in blocks))
+    chosen = _check_stages(stages, _num_stages(blocks))
     for name, block, adapter in blocks:
         if _block_has_se(block, adapter):
             raise ValueError(f"add_se: {type(model).__name__} already has SE (block {name!r}); add it only once")
@@ -127,7 +136,9 @@ def add_se(
     for name, block, adapter in blocks:
         if chosen is not None and adapter.stage(name) not in chosen:
             continue
-        ref = next(block.parameters())
+        ref = next(block.parameters(), None)
+        if ref is None:  # a parameterless site (VGG's ReLU): SE goes where the model's weights are
+            ref = next(model.parameters())
         hidden = adapter.hidden(block, reduction) if adapter.hidden is not None else None
         options = {"device": ref.device, "dtype": ref.dtype}
         block_position = adapter.positions[0] if position is None else position

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -30,7 +31,8 @@ class SEAdapter:
         positions: The positions this family supports; the first is its default (``add_se(position=None)``).
         stage: ``stage(qualified_name)`` -> the block's stage (1-based), or None when it cannot be told.
         description: A short name for error messages.
-        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``).
+        num_stages: How many stages the family has (``add_se(stages=...)`` takes a subset of ``1..num_stages``);
+            None: it differs per model, and the model's count is the highest stage its blocks have.
         hidden: ``hidden(block, reduction)`` -> SE's hidden width where the family's authors have their own rule
             (RegNetY: block input width / r); None: ``make_divisible(C / r, 8)`` of the SE channels ``C``.
         builtin_se: ``builtin_se(block)`` -> whether the block has SE of its own somewhere else than ``block.se``.
@@ -43,7 +45,7 @@ class SEAdapter:
     positions: tuple[str, ...] = SE_POSITIONS
     stage: Callable[[str], int | None] = stage_from_layer_name
     description: str = ""
-    num_stages: int = 4
+    num_stages: int | None = 4
     hidden: Callable[[nn.Module, float], int] | None = None
     builtin_se: Callable[[nn.Module], bool] | None = None
     act_layer: Callable[[nn.Module], type[nn.Module]] | None = None
@@ -77,7 +79,7 @@ def register_se_block(
     positions: tuple[str, ...] = SE_POSITIONS,
     stage: Callable[[str], int | None] = stage_from_layer_name,
     description: str = "",
-    num_stages: int = 4,
+    num_stages: int | None = 4,
     hidden: Callable[[nn.Module, float], int] | None = None,
     builtin_se: Callable[[nn.Module], bool] | None = None,
     act_layer: Callable[[nn.Module], type[nn.Module]] | None = None,
@@ -95,7 +97,7 @@ def register_se_block(
             subclasses :class:`SESlotBlock` naming the slot (``se_slot = "attn"``): SE goes there.
         stage: Block name -> stage number (for ``add_se(stages=...)``); default: from ``layerN`` in the name.
         description: Short name used in error messages.
-        num_stages: How many stages the family has (ResNets: 4).
+        num_stages: How many stages the family has (ResNets: 4); None: counted per model from its blocks' stages.
         hidden: ``hidden(block, reduction)`` -> SE's hidden width (default: ``make_divisible(C / r, 8)``).
         builtin_se: ``builtin_se(block)`` -> whether the block already has SE elsewhere than ``block.se``.
         act_layer: ``act_layer(block)`` -> the activation class inside SE (default: ReLU).
@@ -132,6 +134,53 @@ def register_se_block(
     _ADAPTERS[block_class] = adapter
     _ADAPTERS[se_class] = adapter
     return adapter
+
+
+# container class -> (find, adapter): SE sites that only the container can tell (VGG's ReLUs after a conv)
+SiteFinder = Callable[[nn.Module], Iterable[tuple[nn.Module, int | None, int]]]
+_SITE_FINDERS: dict[type[nn.Module], tuple[SiteFinder, SEAdapter]] = {}
+
+
+def register_se_sites(
+    container_class: type[nn.Module],
+    se_class: type[nn.Module],
+    find: SiteFinder,
+    *,
+    positions: tuple[str, ...],
+    description: str,
+    num_stages: int | None = None,
+) -> SEAdapter:
+    """Make :func:`se_plugins.add_se` put SE on modules that only their model can tell apart.
+
+    For layers of a common class (VGG's ``nn.ReLU``) that get SE only at certain places of certain models:
+    ``find(container)`` yields ``(module, stage, channels)`` for each site inside a ``container_class`` module (its
+    SE class included, so SE already there is seen). Only ``se_class`` (the class a site's module is switched to)
+    is registered as a block, never the common class, so no other model's ReLUs are touched.
+    """
+    adapter = SEAdapter(
+        se_class,
+        channels=lambda block, position: block.se.channels,
+        positions=tuple(positions),
+        stage=lambda name: None,
+        description=description,
+        num_stages=num_stages,
+    )
+    _ADAPTERS[se_class] = adapter
+    _SITE_FINDERS[container_class] = (find, adapter)
+    return adapter
+
+
+def site_adapters(model: nn.Module) -> dict[int, SEAdapter]:
+    """``id(module) -> adapter`` (with the site's stage and channels) for the sites of every container in ``model``."""
+    found = {}
+    for module in model.modules():
+        for container_class, (find, adapter) in _SITE_FINDERS.items():
+            if isinstance(module, container_class):
+                for site, stage, channels in find(module):
+                    found[id(site)] = dataclasses.replace(
+                        adapter, channels=lambda block, position, c=channels: c, stage=lambda name, s=stage: s
+                    )
+    return found
 
 
 def adapter_for(module: nn.Module) -> SEAdapter | None:

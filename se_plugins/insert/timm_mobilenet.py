@@ -1,8 +1,9 @@
-"""SE adapter for the blocks of timm's efficientnet builder built without SE (MobileNetV2, and the same blocks of
-MNASNet-B1, FBNet, SPNASNet, EfficientNet-Lite).
+"""SE adapter for the blocks of timm's efficientnet builder built without SE (MobileNetV1/V2, MNASNet-B1, FBNet-C,
+SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU).
 
-These blocks have an SE slot of their own, ``se`` (``nn.Identity()`` when built without SE), where MobileNetV3 and
-EfficientNet put it: after the depthwise conv's norm and activation, on the expanded channels, before the linear
+These blocks have an SE slot of their own, ``se`` (``nn.Identity()`` when built without SE), where MobileNetV3,
+MnasNet-A1 and EfficientNet put it: after the depthwise conv's norm and activation (in ``EdgeResidual``, the fused
+MBConv of EfficientNet-EdgeTPU/V2: after the 3x3 expansion conv), on the expanded channels, before the linear
 projection, in every block whether or not it ends in a residual add. :func:`se_plugins.add_se` fills that slot with a
 :class:`~se_plugins.SqueezeExcite` and the block keeps its own forward, so SE sits exactly where timm's SE variants
 have it. The scale is not next to a residual add, so there is no fused path (``se_fused`` has no effect).
@@ -18,12 +19,13 @@ from .registry import register_se_block
 
 _BLOCKS_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.\d+$")
 
-# timm's MobileNetV2 has 7 stages of blocks (``blocks.0`` .. ``blocks.6``) after the stem
-MOBILE_STAGES = 7
-
 
 def stage_from_blocks_index(name: str) -> int | None:
-    """Stage 1..7 of a block named ``...blocks.<stage index>.<block index>`` (timm's efficientnet layout), or None."""
+    """Stage of a block named ``...blocks.<stage index>.<block index>`` (timm's efficientnet layout), or None.
+
+    The number of stages differs per model (MobileNetV1: 5, EfficientNet-EdgeTPU-S: 6, MobileNetV2: 7): the
+    adapters leave ``num_stages`` to the model (the highest stage its blocks have).
+    """
     match = _BLOCKS_RE.search(name)
     return int(match.group(1)) + 1 if match else None
 
@@ -47,14 +49,20 @@ class SETimmDepthwiseSeparableConv(SEResidualBlock, timm_blocks.DepthwiseSeparab
     forward = timm_blocks.DepthwiseSeparableConv.forward
 
 
+class SETimmEdgeResidual(SEResidualBlock, timm_blocks.EdgeResidual):
+    """timm ``EdgeResidual`` (fused MBConv) with SE in its slot: 3x3 expansion conv, SE, project (+ shortcut)."""
+
+    forward = timm_blocks.EdgeResidual.forward
+
+
 register_se_block(
     timm_blocks.InvertedResidual,
     SETimmInvertedResidual,
     channels=_slot_channels("conv_pwl"),
     positions=("standard",),
     stage=stage_from_blocks_index,
-    description="timm InvertedResidual (MobileNetV2 family; SE after the depthwise conv)",
-    num_stages=MOBILE_STAGES,
+    description="timm InvertedResidual (efficientnet builder; SE after the depthwise conv)",
+    num_stages=None,
 )
 register_se_block(
     timm_blocks.DepthwiseSeparableConv,
@@ -62,6 +70,15 @@ register_se_block(
     channels=_slot_channels("conv_pw"),
     positions=("standard",),
     stage=stage_from_blocks_index,
-    description="timm DepthwiseSeparableConv (MobileNetV2 family; SE after the depthwise conv)",
-    num_stages=MOBILE_STAGES,
+    description="timm DepthwiseSeparableConv (efficientnet builder; SE after the depthwise conv)",
+    num_stages=None,
+)
+register_se_block(
+    timm_blocks.EdgeResidual,
+    SETimmEdgeResidual,
+    channels=_slot_channels("conv_pwl"),
+    positions=("standard",),
+    stage=stage_from_blocks_index,
+    description="timm EdgeResidual (efficientnet builder; SE after the 3x3 expansion conv)",
+    num_stages=None,
 )

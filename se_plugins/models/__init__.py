@@ -1,6 +1,20 @@
 """``se_plugin_<arch>`` timm registrations, one module per timm family, named like timm's (importing registers)."""
 
-from . import byobnet, convnext, cspnet, dla, dpn, efficientnet, hrnet, regnet, res2net, resnet, resnetv2
+from . import (
+    byobnet,
+    convnext,
+    cspnet,
+    densenet,
+    dla,
+    dpn,
+    efficientnet,
+    hrnet,
+    regnet,
+    res2net,
+    resnet,
+    resnetv2,
+    vgg,
+)
 from ._factory import PREFIX, complete_se_state_dict, create_se_plugin, pop_se_kwargs, register_se_twins
 
 __all__ = [
@@ -12,6 +26,7 @@ __all__ = [
     "create_se_plugin",
     "dla",
     "dpn",
+    "densenet",
     "efficientnet",
     "hrnet",
     "pop_se_kwargs",
@@ -20,4 +35,5 @@ __all__ = [
     "res2net",
     "resnet",
     "resnetv2",
+    "vgg",
 ]
