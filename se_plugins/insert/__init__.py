@@ -10,13 +10,19 @@ change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
+    timm_inception_resnet_v2,
+    timm_inception_v3,
+    timm_inception_v4,
     timm_mobilenet,
     timm_regnet,
     timm_resnet,
     timm_resnetv2,
+    timm_xception,
+    torchvision_inception,
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,
+    torchvision_shufflenet,
 )
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused
 from .block import SE_POSITIONS, SEResidualBlock
