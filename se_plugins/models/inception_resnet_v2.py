@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib
 
-from timm.models import list_models
+from timm.models import list_models, register_model_deprecations
 
-from ._factory import register_se_twins
+from ._factory import PREFIX, register_se_twins
 
 # not ``from timm.models import inception_resnet_v2``: that name is also an entrypoint function
 timm_inception_resnet_v2 = importlib.import_module("timm.models.inception_resnet_v2")
@@ -26,3 +26,8 @@ def base_architectures() -> list[str]:
 
 
 MODELS = register_se_twins(__name__, timm_inception_resnet_v2, base_architectures())
+# timm's deprecated names of this family, as twins: ``se_plugin_<old name>`` builds ``se_plugin_<its current name>``
+DEPRECATED = {
+    "ens_adv_inception_resnet_v2": "inception_resnet_v2.tf_ens_adv_in1k",
+}
+register_model_deprecations(__name__, {PREFIX + old: PREFIX + new for old, new in DEPRECATED.items()})

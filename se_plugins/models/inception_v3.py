@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-from timm.models import list_models
+from timm.models import list_models, register_model_deprecations
 
-from ._factory import register_se_twins
+from ._factory import PREFIX, register_se_twins
 
 # not ``from timm.models import inception_v3``: that name is also an entrypoint function
 timm_inception_v3 = importlib.import_module("timm.models.inception_v3")
@@ -24,3 +24,10 @@ def base_architectures() -> list[str]:
 
 
 MODELS = register_se_twins(__name__, timm_inception_v3, base_architectures())
+# timm's deprecated names of this family, as twins: ``se_plugin_<old name>`` builds ``se_plugin_<its current name>``
+DEPRECATED = {
+    "tf_inception_v3": "inception_v3.tf_in1k",
+    "adv_inception_v3": "inception_v3.tf_adv_in1k",
+    "gluon_inception_v3": "inception_v3.gluon_in1k",
+}
+register_model_deprecations(__name__, {PREFIX + old: PREFIX + new for old, new in DEPRECATED.items()})

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-from timm.models import list_models
+from timm.models import list_models, register_model_deprecations
 
-from ._factory import register_se_twins
+from ._factory import PREFIX, register_se_twins
 
 # not ``from timm.models import xception``: that name is also an entrypoint function
 timm_xception = importlib.import_module("timm.models.xception")
@@ -24,3 +24,8 @@ def base_architectures() -> list[str]:
 
 
 MODELS = register_se_twins(__name__, timm_xception, base_architectures())
+# timm's deprecated names of this family, as twins: ``se_plugin_<old name>`` builds ``se_plugin_<its current name>``
+DEPRECATED = {
+    "xception": "legacy_xception",
+}
+register_model_deprecations(__name__, {PREFIX + old: PREFIX + new for old, new in DEPRECATED.items()})
