@@ -7,9 +7,9 @@ torchvision's MobileNetV2 ``InvertedResidual``, the RegNetX blocks of timm and t
 ResNet-V2 blocks, the Inception-v3 modules of timm and torchvision, torchvision's GoogLeNet ``Inception``, timm's
 Inception-v4 modules (SE on the module output), timm's Inception-ResNet-v2 ``Block35/17/8``, torchvision's
 ShuffleNetV2 ``InvertedResidual`` and timm's Xception blocks (legacy ``Block``, aligned ``XceptionModule`` and
-``PreXceptionModule``). A block gets SE by switching its class to an SE subclass (module-level, so models stay picklable,
-scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys never
-change. :func:`register_se_block` makes a user's own block class supported.
+``PreXceptionModule``). A block gets SE by switching its class to an SE subclass (module-level, so models stay
+picklable, scriptable, traceable, compilable and exportable) and adding the submodule ``se``: existing state-dict keys
+never change. :func:`register_se_block` makes a user's own block class supported.
 """
 
 from . import (  # noqa: F401  (register the adapters)
