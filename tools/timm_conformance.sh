@@ -26,7 +26,10 @@ else
   # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur; then one of each other family
   models="se_plugin_resnet18 se_plugin_resnet50 se_plugin_resnet26d se_plugin_resnet10t se_plugin_resnext50_32x4d
           se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18
-          se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002"
+          se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002 se_plugin_efficientnet_es
+          se_plugin_densenet121 se_plugin_vgg11_bn se_plugin_res2net50_14w_8s se_plugin_dla46_c se_plugin_dpn48b
+          se_plugin_hrnet_w18_small se_plugin_cs3darknet_s se_plugin_repvgg_a0 se_plugin_convnext_atto
+          se_plugin_inception_v3 se_plugin_xception41"
 fi
 markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 selection=""
@@ -38,6 +41,7 @@ for m in $models; do
   case "${m#se_plugin_}" in
     hrnet*) exempt+=" and not (($m]) and (torchscript or prune_intermediate_layers_contract))" ;;
     densenet*|selecsls*) exempt+=" and not (($m]) and torchscript)" ;;
+    inception_v3*|inception_v4*|inception_resnet_v2*) exempt+=" and not (($m]) and test_model_forward_features)" ;;
   esac
 done
 cd "$src"

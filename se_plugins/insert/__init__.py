@@ -10,7 +10,10 @@ DPN ``DualPathBlock``, HRNet (its branches are timm ResNet blocks), timm's CSPNe
 blocks (RepVGG, MobileOne, GENet, ResNet-*ts; SE in each block's own attention slot, as timm's SE variants), timm's
 ConvNeXt V1/V2 ``ConvNeXtBlock`` and torchvision's ConvNeXt ``CNBlock``, the dense layers of timm's and torchvision's
 DenseNet (SE on each layer's new features) and the conv units of their VGGs (SE after each conv's ReLU; sites found
-by the VGG container, :func:`register_se_sites`). A block gets SE by switching its class to an SE subclass
+by the VGG container, :func:`register_se_sites`), the Inception-v3 modules of timm and torchvision, torchvision's
+GoogLeNet ``Inception``, timm's Inception-v4 modules (SE on the module output), timm's Inception-ResNet-v2
+``Block35/17/8``, torchvision's ShuffleNetV2 ``InvertedResidual`` and timm's Xception blocks (legacy ``Block``,
+aligned ``XceptionModule`` and ``PreXceptionModule``). A block gets SE by switching its class to an SE subclass
 (module-level, so models stay picklable, scriptable, traceable, compilable and exportable) and adding the submodule
 ``se`` (or filling the block's own attention slot): existing state-dict keys never change.
 :func:`register_se_block` makes a user's own block class supported.
@@ -23,16 +26,22 @@ from . import (  # noqa: F401  (register the adapters)
     timm_cspnet,
     timm_dla,
     timm_dpn,
+    timm_inception_resnet_v2,
+    timm_inception_v3,
+    timm_inception_v4,
     timm_mobilenet,
     timm_regnet,
     timm_res2net,
     timm_resnet,
     timm_resnetv2,
+    timm_xception,
     torchvision_convnext,
+    torchvision_inception,
     torchvision_mnasnet,
     torchvision_mobilenet,
     torchvision_regnet,
     torchvision_resnet,
+    torchvision_shufflenet,
     vgg,
 )
 from .add import SEPosition, add_se, has_se, iter_residual_blocks, iter_se_blocks, se_modules, set_se_fused

@@ -9,11 +9,16 @@ from . import (
     dpn,
     efficientnet,
     hrnet,
+    inception_resnet_v2,
+    inception_v3,
+    inception_v4,
     regnet,
     res2net,
     resnet,
     resnetv2,
     vgg,
+    xception,
+    xception_aligned,
 )
 from ._factory import PREFIX, complete_se_state_dict, create_se_plugin, pop_se_kwargs, register_se_twins
 
@@ -29,6 +34,9 @@ __all__ = [
     "densenet",
     "efficientnet",
     "hrnet",
+    "inception_resnet_v2",
+    "inception_v3",
+    "inception_v4",
     "pop_se_kwargs",
     "register_se_twins",
     "regnet",
@@ -36,4 +44,6 @@ __all__ = [
     "resnet",
     "resnetv2",
     "vgg",
+    "xception",
+    "xception_aligned",
 ]
