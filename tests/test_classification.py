@@ -178,8 +178,8 @@ def test_build_model_se_baseline_and_errors(tmp_path):
     assert task.model_name() == "se_plugin_resnet10t" and se_plugins.has_se(task.build_model())
     plain = ClassificationTask(load_config(DEMO, ["model.se.enabled=false", "model.name=se_plugin_resnet10t"]))
     assert plain.model_name() == "resnet10t" and not se_plugins.has_se(plain.build_model())
-    with pytest.raises(ConfigError, match="'convnext_atto' has no se_plugin_ variant"):
-        ClassificationTask(load_config(DEMO, ["model.name=convnext_atto"])).model_name()
+    with pytest.raises(ConfigError, match="'efficientnet_b0' has no se_plugin_ variant"):
+        ClassificationTask(load_config(DEMO, ["model.name=efficientnet_b0"])).model_name()
     with pytest.raises(ConfigError, match="model.name: 'resnet_nope' is not a timm model"):
         ClassificationTask(load_config(DEMO, ["model.name=resnet_nope"])).model_name()
     with pytest.raises(ConfigError, match="data.format: 'coco' is not a classification format"):

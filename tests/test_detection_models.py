@@ -412,3 +412,10 @@ def test_timm_fpn_from_a_module_and_registry():
     assert set(DETECTION_MODELS) == (
         recipes | {r.replace("_resnet50", "_se_resnet50") for r in recipes} | {f"{a}_timm_fpn" for a in archs}
     )
+
+
+def test_timm_fpn_levels_beyond_the_backbone_are_one_line():
+    """ConvNeXt has four feature levels: the ResNet default (1, 2, 3, 4) names a fifth."""
+    message = r"out_indices \(1, 2, 3, 4\): timm 'se_plugin_convnext_atto' has 4 feature levels \(indices 0\.\.3\)"
+    with pytest.raises(ValueError, match=message):
+        fasterrcnn_timm_fpn("se_plugin_convnext_atto", num_classes=3)

@@ -408,7 +408,7 @@ def test_corrupt_image_is_a_one_line_error(tmp_path, shapes, capsys):
     [
         ("model.name=no_such_model", "model.name: unknown detection model 'no_such_model'"),
         ("model.backbone=null", "model.backbone: required for fasterrcnn_timm_fpn"),
-        ("model.backbone=convnext_atto", "'se_plugin_convnext_atto' is not a timm model"),
+        ("model.backbone=efficientnet_b0", "'se_plugin_efficientnet_b0' is not a timm model"),
         ("model.kwargs.min_size=32", "model.kwargs.min_size: set model.min_size instead"),
         ("model.kwargs.no_such_option=1", "model.kwargs.no_such_option: not an option of fasterrcnn_timm_fpn"),
         ("model.num_classes=3", "model.num_classes: 3 is too small for 4 classes"),

@@ -221,9 +221,17 @@ def _create_timm_body(
         pretrained = True
     if backbone.startswith(SE_PLUGIN_PREFIX) and not {"se_init", "init"} & kwargs.keys():
         kwargs["se_init"] = "identity" if pretrained else "random"
-    return timm.create_model(
-        backbone, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices), **kwargs
-    )
+    try:
+        return timm.create_model(
+            backbone, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices), **kwargs
+        )
+    except IndexError:  # timm's feature wrapper indexes its levels with out_indices
+        with torch.device("meta"):
+            levels = len(timm.create_model(backbone, features_only=True).feature_info)
+        raise ValueError(
+            f"out_indices {tuple(out_indices)}: timm {backbone!r} has {levels} feature levels "
+            f"(indices 0..{levels - 1}); pick the FPN levels from those"
+        ) from None
 
 
 def _freeze_units(body: nn.Module, trainable_backbone_layers: int | None, is_trained: bool, se_trainable: bool) -> None:
