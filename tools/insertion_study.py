@@ -26,8 +26,11 @@ Examples (the demos; ``OMP_NUM_THREADS=1`` on a shared CPU)::
     python tools/insertion_study.py configs/classification/shapes_resnet10t.yaml --out runs/insertion_study \\
         --seeds 0 1 2 --finetune-epochs 4 --finetune-set train.lr=0.001 train.warmup_iters=0
     python tools/insertion_study.py configs/detection/shapes_fasterrcnn_r18.yaml --out runs/insertion_study_det \\
-        --seeds 0 1 2 --finetune-epochs 3 --finetune-set train.lr=0.0002 train.warmup_iters=0 \\
-        model.trainable_backbone_layers=5
+        --seeds 0 1 2 --finetune-epochs 2 --finetune-set train.lr=0.0002 train.warmup_iters=0 \\
+        train.max_iters_per_epoch=60 model.trainable_backbone_layers=5
+
+(detector weights count as trained: without ``model.trainable_backbone_layers`` the timm route would freeze the
+stem, torchvision's rule; 5 = the stem and all four stages train, as in the base training.)
 """
 
 from __future__ import annotations
