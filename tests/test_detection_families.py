@@ -13,6 +13,7 @@ from se_plugins.detection import (
     DETECTION_MODEL_TYPES,
     DETECTION_MODELS,
     create_detection_model,
+    fasterrcnn_timm_fpn,
     fcos_timm_fpn,
     maskrcnn_timm_fpn,
     retinanet_timm_fpn,
@@ -173,6 +174,38 @@ def test_timm_route_trains_and_se_is_an_identity_on_pretrained_weights(arch, tmp
     assert set(losses) == LOSSES[arch] and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert all(m.fc2.weight.grad.abs().sum() > 0 for m in se_modules(se).values())  # the gates learn
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn", "maskrcnn", "retinanet"])
+def test_timm_route_weights_file_loads_a_trained_base_detector_into_the_se_one(arch, tmp_path):
+    """``weights_file``: a whole SE-free detector (here in the engine's checkpoint format) gives an SE detector
+    with exactly its detections; the wrappers' head options are applied before the file loads."""
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=3, fpn_channels=32, **_small(arch))
+    kwargs.update({"maskrcnn": {"mask_head_channels": 16}, "retinanet": {"head_group_norm": True}}.get(arch, {}))
+    builder = {"fasterrcnn": fasterrcnn_timm_fpn, **TIMM_BUILDERS}[arch]
+    base = _trained_like(builder("resnet10t", **kwargs))
+    torch.save({"model": base.state_dict(), "epoch": 12}, tmp_path / "last.pth")
+    images = [_image(80, 100), _image(90, 96, seed=1)]
+    reference = _detect(base, images)
+
+    # every unit trainable (no FrozenBatchNorm2d): the SE detector is the base plus identity SE, bit for bit
+    se = builder("se_plugin_resnet10t", weights_file=tmp_path / "last.pth", trainable_backbone_layers=5, **kwargs)
+    assert len(se_modules(se)) == 4 and all(m.gate_gain.item() == 2.0 for m in se_modules(se).values())
+    se_keys = {k for k in se.state_dict() if ".se." in k}
+    assert set(se.state_dict()) - se_keys == set(base.state_dict())
+    _assert_identical(_detect(se, images), reference)
+    # trained weights count as trained (torchvision's rule): by default the stem is frozen, SE still trains
+    default = builder("se_plugin_resnet10t", weights_file=tmp_path / "last.pth", **kwargs)
+    assert not any(p.requires_grad for p in default.backbone.body.conv1.parameters())
+    assert all(p.requires_grad for p in default.backbone.body.layer2.parameters())
+
+    # an SE detector's weights do not fit the plain detector; a backbone file on top is a conflict
+    torch.save(se.state_dict(), tmp_path / "se.pth")
+    with pytest.raises(CheckpointError, match=r"weights_file .*se.pth' is not a .* state dict.*Unexpected key"):
+        builder("resnet10t", weights_file=tmp_path / "se.pth", **kwargs)
+    with pytest.raises(ValueError, match="pretrained_backbone has no effect with detector weights"):
+        builder("resnet10t", weights_file=tmp_path / "last.pth", pretrained_backbone=tmp_path / "x.pth", **kwargs)
 
 
 def test_timm_route_levels_and_anchors_follow_torchvision():

@@ -13,11 +13,24 @@
 
 By design the identity arm equals the no-SE arm exactly at step 0 (the SE gates are exactly 1); the random arm
 starts with every gate near 0.5, i.e. a different function. Seeds change the random SE init and the data order.
+Each arm's step-0 predictions on the validation set are also compared with the base model's (classification:
+logits; detection: boxes, scores and labels per image).
 
-Example (the classification demo; ``OMP_NUM_THREADS=1`` on a shared CPU)::
+The arms load the base's whole model through the task's own option (``WEIGHTS_KEY``): classification's
+``model.pretrained_backbone`` (timm's pretrained loading), detection's builder keyword ``weights_file``
+(``model.kwargs.weights_file``). Both load every base key strictly and keep the init of the SE modules the file
+lacks.
+
+Examples (the demos; ``OMP_NUM_THREADS=1`` on a shared CPU)::
 
     python tools/insertion_study.py configs/classification/shapes_resnet10t.yaml --out runs/insertion_study \\
         --seeds 0 1 2 --finetune-epochs 4 --finetune-set train.lr=0.001 train.warmup_iters=0
+    python tools/insertion_study.py configs/detection/shapes_fasterrcnn_r18.yaml --out runs/insertion_study_det \\
+        --seeds 0 1 2 --finetune-epochs 2 --finetune-set train.lr=0.0002 train.warmup_iters=0 \\
+        train.max_iters_per_epoch=60 model.trainable_backbone_layers=5
+
+(detector weights count as trained: without ``model.trainable_backbone_layers`` the timm route would freeze the
+stem, torchvision's rule; 5 = the stem and all four stages train, as in the base training.)
 """
 
 from __future__ import annotations
@@ -43,7 +56,7 @@ from se_plugins.atomic import atomic_write_text  # noqa: E402
 from se_plugins.engine.checkpoint import load_model_weights, save_checkpoint  # noqa: E402
 from se_plugins.engine.config import apply_overrides, load_config  # noqa: E402
 from se_plugins.engine.trainer import Trainer, seed_everything  # noqa: E402
-from se_plugins.errors import SEPluginsError  # noqa: E402
+from se_plugins.errors import ConfigError, SEPluginsError  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "no_se": ["model.se.enabled=false"],
@@ -51,6 +64,12 @@ ARMS: dict[str, list[str]] = {
     "random": ["model.se.enabled=true", "model.se.init=random"],
 }
 """The study's arms and the config overrides that make them."""
+
+WEIGHTS_KEY: dict[str, str] = {
+    "classification": "model.pretrained_backbone",
+    "detection": "model.kwargs.weights_file",
+}
+"""Per task, the config key that loads a whole model's weights (SE modules the file lacks keep their init)."""
 
 logger = logging.getLogger("se_plugins.insertion_study")
 
@@ -63,6 +82,13 @@ def base_config(config: str | Path, out: Path, overrides: Sequence[str], epochs:
     return load_config(config, extra)
 
 
+def with_weights(cfg: DictConfig, weights: Path) -> DictConfig:
+    """``cfg`` loading its whole model from ``weights`` (the task's ``WEIGHTS_KEY``)."""
+    if cfg.task not in WEIGHTS_KEY:
+        raise ConfigError(f"task {cfg.task}: no whole-model weights option; the study runs {', '.join(WEIGHTS_KEY)}")
+    return apply_overrides(cfg, [f"{WEIGHTS_KEY[cfg.task]}={weights}"])
+
+
 def arm_config(
     config: str | Path, out: Path, overrides: Sequence[str], arm: str, seed: int, weights: Path, epochs: int
 ) -> DictConfig:
@@ -71,13 +97,12 @@ def arm_config(
         *overrides,
         *ARMS[arm],
         f"seed={seed}",
-        f"model.pretrained_backbone={weights}",
         f"output_dir={out / f'{arm}_seed{seed}'}",
         f"train.epochs={epochs}",
         "train.eval_every=1",
         "train.num_vis=0",
     ]
-    return load_config(config, extra)
+    return with_weights(load_config(config, extra), weights)
 
 
 def train_base(cfg: DictConfig) -> Path:
@@ -99,39 +124,58 @@ def step0_model(cfg: DictConfig) -> torch.nn.Module:
     return trainer.task.build_model()
 
 
+Predictions = torch.Tensor | list[dict[str, torch.Tensor]]
+"""Validation predictions: classification logits ``[N, K]``; detection ``boxes``/``scores``/``labels`` per image."""
+
+
 @torch.no_grad()
-def validation_logits(cfg: DictConfig, weights: Path) -> torch.Tensor:
-    """Logits ``[N, K]`` of the config's model with ``weights`` on the validation set (classification)."""
+def validation_predictions(cfg: DictConfig, weights: Path) -> Predictions:
+    """The config's model with ``weights`` (loaded strictly) on the validation set (see ``Predictions``)."""
     trainer = Trainer(cfg)
     task = trainer.task
     model = task.build_model()
     load_model_weights(model, weights)
     model.to(trainer.device).eval()
     loader = task.build_val_loader(task.build_val_dataset(), distributed=False)
+    if cfg.task == "detection":
+        return [p for images, _ in loader for p in task.predict(model, images, trainer.device)]
     return torch.cat([task.predict(model, images).cpu() for images, _ in loader])
 
 
-def compare_logits(logits: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """How far a model's validation logits are from the base model's: prediction agreement, max |difference|."""
-    return {
-        "agreement": float((logits.argmax(1) == reference.argmax(1)).double().mean()),
-        "max_abs_logit_diff": float((logits - reference).abs().max()),
-    }
+def compare_predictions(predictions: Predictions, reference: Predictions) -> dict[str, float]:
+    """How far a model's validation predictions are from the base model's.
+
+    ``agreement``: classification, the fraction of equal top-1 predictions (with ``max_abs_logit_diff``);
+    detection, the fraction of images whose detections (boxes, scores, labels) are all exactly equal.
+    """
+    if isinstance(reference, torch.Tensor):
+        assert isinstance(predictions, torch.Tensor)
+        return {
+            "agreement": float((predictions.argmax(1) == reference.argmax(1)).double().mean()),
+            "max_abs_logit_diff": float((predictions - reference).abs().max()),
+        }
+    same = [
+        all(torch.equal(p[k], r[k]) for k in ("boxes", "scores", "labels"))
+        for p, r in zip(predictions, reference, strict=True)
+    ]
+    return {"agreement": sum(same) / len(same)}
 
 
-def run_arm(cfg: DictConfig, base_logits: torch.Tensor | None = None) -> dict[str, Any]:
+def run_arm(cfg: DictConfig, base_predictions: Predictions | None = None) -> dict[str, Any]:
     """Evaluate one arm at step 0, fine-tune it, return its curve ``[(step, metrics), ...]``.
 
-    With ``base_logits`` (the base model's validation logits) the step-0 model's logits are compared to them
-    (``step0_vs_base``: prediction agreement and max |logit difference|).
+    With ``base_predictions`` (the base model's, see ``validation_predictions``) the step-0 model's predictions
+    are compared to them (``step0_vs_base``, see ``compare_predictions``).
     """
     out = Path(cfg.output_dir)
     model = step0_model(cfg)
     step0 = save_checkpoint({"model": model.state_dict()}, out / "step0.pth")
     metrics0 = Trainer(cfg).evaluate(step0)
-    versus = compare_logits(validation_logits(cfg, step0), base_logits) if base_logits is not None else None
+    versus = None
+    if base_predictions is not None:
+        versus = compare_predictions(validation_predictions(cfg, step0), base_predictions)
     # fine-tune from exactly the evaluated step-0 weights (the random SE init included)
-    ft_cfg = apply_overrides(cfg, [f"model.pretrained_backbone={step0}"])
+    ft_cfg = with_weights(cfg, step0)
     t0 = time.perf_counter()
     trainer = Trainer(ft_cfg)
     trainer.fit()
@@ -154,7 +198,8 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], metric: str) -> lis
         row = {"arm": arm, "seeds": len(by_seed), "step0": _mean_std(start), "final": _mean_std(end)}
         if all("step0_vs_base" in r for r in by_seed.values()):
             row["agreement"] = _mean_std([r["step0_vs_base"]["agreement"] for r in by_seed.values()])
-            row["max_abs_logit_diff"] = max(r["step0_vs_base"]["max_abs_logit_diff"] for r in by_seed.values())
+            if all("max_abs_logit_diff" in r["step0_vs_base"] for r in by_seed.values()):
+                row["max_abs_logit_diff"] = max(r["step0_vs_base"]["max_abs_logit_diff"] for r in by_seed.values())
         rows.append(row)
     return rows
 
@@ -167,16 +212,26 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """The summary as a Markdown table (mean ± sample std over seeds; step-0 agreement with the base if known)."""
-    extra = all("agreement" in r for r in rows)
+    """The summary as a Markdown table (mean ± sample std over seeds; step-0 agreement with the base if known).
+
+    The agreement column is the fraction of validation images with the base's top-1 prediction (classification,
+    next to the max |logit difference|) or with exactly the base's detections (detection).
+    """
+    agreement = all("agreement" in r for r in rows)
+    logits = agreement and all("max_abs_logit_diff" in r for r in rows)
     head = f"| arm | seeds | {metric} at step 0 | {metric} after fine-tuning |"
-    head += " step-0 predictions = base | step-0 max abs logit diff |" if extra else ""
+    if logits:
+        head += " step-0 predictions = base | step-0 max abs logit diff |"
+    elif agreement:
+        head += " step-0 detections = base |"
     lines = [head, "| --- " * (head.count("|") - 1) + "|"]
     for r in rows:
         s, f = r["step0"], r["final"]
         line = f"| {r['arm']} | {r['seeds']} | {s['mean']:.4f} ± {s['std']:.4f} | {f['mean']:.4f} ± {f['std']:.4f} |"
-        if extra:
-            line += f" {r['agreement']['mean']:.4f} | {r['max_abs_logit_diff']:.4g} |"
+        if agreement:
+            line += f" {r['agreement']['mean']:.4f} |"
+        if logits:
+            line += f" {r['max_abs_logit_diff']:.4g} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -226,8 +281,7 @@ def run_study(
     """Run the whole study (see the module docstring); return what ``study.json`` holds.
 
     Args:
-        config: The base model's YAML config (a classification config: ``model.pretrained_backbone`` must load a
-            whole model, which the classification task does).
+        config: The base model's YAML config (a task of ``WEIGHTS_KEY``: classification or detection).
         out: Study folder.
         seeds: Seeds per arm.
         base_epochs: Base training epochs (default: the config's).
@@ -242,14 +296,14 @@ def run_study(
     weights = train_base(base_config(config, out, [*overrides, *base_overrides], base_epochs))
     base_s = time.perf_counter() - t0
     base_cfg = base_config(config, out, [*overrides, *base_overrides], base_epochs)
-    base_logits = validation_logits(base_cfg, weights) if base_cfg.task == "classification" else None
+    base_predictions = validation_predictions(base_cfg, weights)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     metric = ""
     for arm in arms:
         for seed in seeds:
             logger.info(f"arm {arm}, seed {seed}")
             cfg = arm_config(config, out, [*overrides, *finetune_overrides], arm, seed, weights, finetune_epochs)
-            result = run_arm(cfg, base_logits)
+            result = run_arm(cfg, base_predictions)
             results.setdefault(arm, {})[seed] = result
             metric = result["main_metric"]
     rows = summarize(results, metric)

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models._api import WeightsEnum
@@ -61,11 +60,11 @@ from torchvision.models.detection.retinanet import _default_anchorgen as _retina
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 
-from se_plugins.errors import CheckpointError
 from se_plugins.insert import SEPosition
 from se_plugins.layers import SEInit
 
 from .surgery import add_se_to_detector
+from .weights_file import load_state_dict_file
 
 Detector = FasterRCNN | RetinaNet | FCOS
 
@@ -160,35 +159,6 @@ RECIPES: dict[str, Recipe] = {
 
 # ------------------------------------------------------------------------------------------------------------
 # weights
-
-
-def load_state_dict_file(module: nn.Module, path: str | os.PathLike, what: str, expected: str) -> None:
-    """Load a local state-dict file strictly into ``module``; any problem is one ``CheckpointError`` line.
-
-    Args:
-        module: Where the weights go.
-        path: The file (a state dict, or a checkpoint holding one under ``"model"`` or ``"state_dict"``).
-        what: The keyword the file came from (named in errors), e.g. ``"backbone_weights_file"``.
-        expected: What the file should be (named in errors), e.g. ``"a torchvision resnet50 state dict"``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{what} {path!r}: no such file")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"{what} {path!r}: cannot read it as a state dict ({e})") from e
-    for key in ("model", "state_dict"):  # a checkpoint wrapping the state dict
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{what} {path!r}: expected a state dict, got {type(state_dict)}")
-    try:
-        module.load_state_dict(state_dict)
-    except RuntimeError as e:
-        details = " ".join(line.strip() for line in str(e).splitlines()[1:])
-        details = details if len(details) <= 300 else details[:300] + "..."
-        raise CheckpointError(f"{what} {path!r} is not {expected}: {details}") from e
 
 
 def _load_backbone_weights(

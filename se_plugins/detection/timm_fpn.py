@@ -35,6 +35,7 @@ from se_plugins.errors import CheckpointError
 from se_plugins.models import PREFIX as SE_PLUGIN_PREFIX
 
 from .surgery import set_se_trainable
+from .weights_file import load_state_dict_file
 
 ExtraBlocks = Literal["maxpool", "p6p7"] | None
 _EXTRA_LEVELS = {"maxpool": 1, "p6p7": 2, None: 0}
@@ -207,6 +208,7 @@ def _create_timm_body(
     pretrained_backbone: bool | str | os.PathLike,
     backbone_kwargs: dict[str, Any],
     out_indices: Sequence[int],
+    trained_detector: bool = False,
 ) -> nn.Module:
     for key in ("features_only", "out_indices", "pretrained"):
         if key in backbone_kwargs:
@@ -220,7 +222,7 @@ def _create_timm_body(
         kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": path}
         pretrained = True
     if backbone.startswith(SE_PLUGIN_PREFIX) and not {"se_init", "init"} & kwargs.keys():
-        kwargs["se_init"] = "identity" if pretrained else "random"
+        kwargs["se_init"] = "identity" if pretrained or trained_detector else "random"
     try:
         return timm.create_model(
             backbone, pretrained=pretrained, features_only=True, out_indices=tuple(out_indices), **kwargs
@@ -256,6 +258,8 @@ def build_timm_fpn_detector(
     *,
     num_classes: int,
     pretrained_backbone: bool | str | os.PathLike = False,
+    weights_file: str | os.PathLike | None = None,
+    heads: Callable[[nn.Module], None] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     out_indices: Sequence[int] | None = None,
     fpn_channels: int = 256,
@@ -271,18 +275,24 @@ def build_timm_fpn_detector(
     """The detector ``ARCHS[arch]`` on a timm backbone + FPN (see :func:`fasterrcnn_timm_fpn` for the arguments).
 
     ``out_indices=None``, ``extra_blocks="default"`` and ``aspect_ratios=None`` take the family's defaults.
+    ``heads`` changes the built model's heads in place (the wrappers' head options) before ``weights_file``
+    loads, so the file's head weights land in the final heads.
     """
+    if weights_file is not None and pretrained_backbone:
+        raise ValueError("pretrained_backbone has no effect with detector weights (weights_file); give one of them")
     spec = ARCHS[arch]
     out_indices = spec.out_indices if out_indices is None else tuple(out_indices)
     extra_blocks = spec.extra_blocks if extra_blocks == "default" else extra_blocks
     if isinstance(backbone, str):
-        body = _create_timm_body(backbone, pretrained_backbone, backbone_kwargs or {}, out_indices)
-        is_trained = bool(pretrained_backbone)
+        body = _create_timm_body(
+            backbone, pretrained_backbone, backbone_kwargs or {}, out_indices, trained_detector=weights_file is not None
+        )
+        is_trained = bool(pretrained_backbone) or weights_file is not None
     elif isinstance(backbone, nn.Module):
         if pretrained_backbone or backbone_kwargs:
             raise ValueError("pretrained_backbone/backbone_kwargs apply to a backbone name, not to a module")
         body = backbone
-        is_trained = trainable_backbone_layers is not None
+        is_trained = trainable_backbone_layers is not None or weights_file is not None
     else:
         raise TypeError(f"backbone must be a timm model name or a features_only module, got {type(backbone)}")
     fpn_backbone = TimmBackboneWithFPN(body, fpn_channels, extra_blocks)
@@ -300,7 +310,13 @@ def build_timm_fpn_detector(
     if "mean" in cfg and "std" in cfg:
         kwargs.setdefault("image_mean", list(cfg["mean"]))
         kwargs.setdefault("image_std", list(cfg["std"]))
-    return spec.model_cls(fpn_backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    model = spec.model_cls(fpn_backbone, num_classes=num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    if heads is not None:
+        heads(model)
+    if weights_file is not None:
+        expected = f"a {arch} state dict of this backbone, FPN and heads (num_classes={num_classes})"
+        load_state_dict_file(model, weights_file, "weights_file", expected, keep_missing_se=True)
+    return model
 
 
 def fasterrcnn_timm_fpn(
@@ -308,6 +324,7 @@ def fasterrcnn_timm_fpn(
     *,
     num_classes: int,
     pretrained_backbone: bool | str | os.PathLike = False,
+    weights_file: str | os.PathLike | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     out_indices: Sequence[int] = (1, 2, 3, 4),
     fpn_channels: int = 256,
@@ -335,6 +352,12 @@ def fasterrcnn_timm_fpn(
         pretrained_backbone: ``True``: timm's pretrained weights (hub); a path: a local checkpoint through
             timm's ``pretrained_cfg_overlay=dict(file=path)``. ``se_plugin_*`` backbones load the base weights
             with SE identity-initialised (``se_init`` defaults to ``"random"`` without pretrained weights).
+        weights_file: A local state dict of the whole detector (or a checkpoint of this package holding one
+            under ``"model"``, e.g. ``last.pth``), loaded strictly once the model is built: the same backbone,
+            FPN, heads and ``num_classes``. SE modules the file has no weights for keep their init, so the
+            weights of an SE-free detector give, with ``se_init="identity"`` (the default then), exactly its
+            detections. Counts as trained weights for ``trainable_backbone_layers`` (as torchvision's
+            ``weights``); not together with ``pretrained_backbone``.
         backbone_kwargs: More ``timm.create_model`` kwargs (``se_reduction``, ``se_stages``,
             ``drop_path_rate``, ...).
         out_indices: Backbone levels fed to the FPN (timm's feature indices; ConvNeXt: ``(0, 1, 2, 3)``).
@@ -359,9 +382,10 @@ def fasterrcnn_timm_fpn(
     """
     return build_timm_fpn_detector(
         "fasterrcnn", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
-        backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,
-        extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers, se_trainable=se_trainable,
-        min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, **kwargs,
+        weights_file=weights_file, backbone_kwargs=backbone_kwargs, out_indices=out_indices,
+        fpn_channels=fpn_channels, extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers,
+        se_trainable=se_trainable, min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios, **kwargs,
     )  # fmt: skip
 
 
@@ -370,6 +394,7 @@ def maskrcnn_timm_fpn(
     *,
     num_classes: int,
     pretrained_backbone: bool | str | os.PathLike = False,
+    weights_file: str | os.PathLike | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     out_indices: Sequence[int] = (1, 2, 3, 4),
     fpn_channels: int = 256,
@@ -395,17 +420,21 @@ def maskrcnn_timm_fpn(
     Example:
         >>> model = maskrcnn_timm_fpn("se_plugin_resnet50", num_classes=81, pretrained_backbone="r50.pth")
     """
-    model = build_timm_fpn_detector(
-        "maskrcnn", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
-        backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,
-        extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers, se_trainable=se_trainable,
-        min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, **kwargs,
-    )  # fmt: skip
-    if mask_head_channels != 256 and "mask_head" not in kwargs and "mask_predictor" not in kwargs:
+
+    def narrow_mask_head(model: nn.Module) -> None:
         width = mask_head_channels  # MaskRCNN hard-codes 256 for its default predictor's input
         model.roi_heads.mask_head = MaskRCNNHeads(fpn_channels, [width] * 4, 1)
         model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, num_classes)
-    return model
+
+    narrow = mask_head_channels != 256 and "mask_head" not in kwargs and "mask_predictor" not in kwargs
+    return build_timm_fpn_detector(
+        "maskrcnn", backbone, heads=narrow_mask_head if narrow else None, num_classes=num_classes,
+        pretrained_backbone=pretrained_backbone,
+        weights_file=weights_file, backbone_kwargs=backbone_kwargs, out_indices=out_indices,
+        fpn_channels=fpn_channels, extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers,
+        se_trainable=se_trainable, min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios, **kwargs,
+    )  # fmt: skip
 
 
 def retinanet_timm_fpn(
@@ -413,6 +442,7 @@ def retinanet_timm_fpn(
     *,
     num_classes: int,
     pretrained_backbone: bool | str | os.PathLike = False,
+    weights_file: str | os.PathLike | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     out_indices: Sequence[int] = (2, 3, 4),
     fpn_channels: int = 256,
@@ -441,18 +471,22 @@ def retinanet_timm_fpn(
     Example:
         >>> model = retinanet_timm_fpn("se_plugin_resnet50", num_classes=81, pretrained_backbone="r50.pth")
     """
-    model = build_timm_fpn_detector(
-        "retinanet", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
-        backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,
-        extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers, se_trainable=se_trainable,
-        min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, **kwargs,
-    )  # fmt: skip
-    if head_group_norm and "head" not in kwargs:
+
+    def group_norm_head(model: nn.Module) -> None:
         if fpn_channels % 32:
             raise ValueError(f"head_group_norm: fpn_channels must be a multiple of 32, got {fpn_channels}")
         anchors = model.anchor_generator.num_anchors_per_location()[0]
         model.head = RetinaNetHead(fpn_channels, anchors, num_classes, norm_layer=functools.partial(nn.GroupNorm, 32))
-    return model
+
+    gn_head = head_group_norm and "head" not in kwargs
+    return build_timm_fpn_detector(
+        "retinanet", backbone, heads=group_norm_head if gn_head else None, num_classes=num_classes,
+        pretrained_backbone=pretrained_backbone,
+        weights_file=weights_file, backbone_kwargs=backbone_kwargs, out_indices=out_indices,
+        fpn_channels=fpn_channels, extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers,
+        se_trainable=se_trainable, min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios, **kwargs,
+    )  # fmt: skip
 
 
 def fcos_timm_fpn(
@@ -460,6 +494,7 @@ def fcos_timm_fpn(
     *,
     num_classes: int,
     pretrained_backbone: bool | str | os.PathLike = False,
+    weights_file: str | os.PathLike | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     out_indices: Sequence[int] = (2, 3, 4),
     fpn_channels: int = 256,
@@ -488,7 +523,8 @@ def fcos_timm_fpn(
         raise ValueError(f"fpn_channels must be a multiple of 32 for FCOS's GroupNorm(32) head, got {fpn_channels}")
     return build_timm_fpn_detector(
         "fcos", backbone, num_classes=num_classes, pretrained_backbone=pretrained_backbone,
-        backbone_kwargs=backbone_kwargs, out_indices=out_indices, fpn_channels=fpn_channels,
-        extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers, se_trainable=se_trainable,
-        min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios, **kwargs,
+        weights_file=weights_file, backbone_kwargs=backbone_kwargs, out_indices=out_indices,
+        fpn_channels=fpn_channels, extra_blocks=extra_blocks, trainable_backbone_layers=trainable_backbone_layers,
+        se_trainable=se_trainable, min_size=min_size, max_size=max_size, anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios, **kwargs,
     )  # fmt: skip

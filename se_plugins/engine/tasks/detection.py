@@ -15,7 +15,8 @@
   ``loss_classification``), summed into ``loss``.
 - ``model.num_classes``: null = the data's classes + 1 (background).
 - ``model.pretrained_backbone``: a local backbone weights file (no downloads); ``model.kwargs``: any other
-  keyword of the builder or of ``torchvision.models.detection.FasterRCNN`` (``anchor_sizes``, ``rpn_*``...).
+  keyword of the builder or of ``torchvision.models.detection.FasterRCNN`` (``anchor_sizes``, ``rpn_*``...),
+  e.g. ``weights_file``: the whole detector's weights (a ``last.pth`` of this package; SE it lacks keeps its init).
 - ``data.channels`` / ``data.alpha`` / ``data.intensity*``: how images are decoded (``ImageReader``);
   ``data.channels`` other than 3 needs ``fasterrcnn_timm_fpn`` (the backbone gets timm's ``in_chans``, and a
   pretrained first conv is adapted by timm). ``data.mean`` / ``data.std`` become ``FasterRCNN``'s ``image_mean`` /
