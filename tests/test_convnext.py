@@ -4,7 +4,6 @@ import copy
 import re
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
@@ -13,8 +12,8 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "convnext_atto"  # depths (2, 2, 6, 2), dims (40, 80, 160, 320)
@@ -260,23 +259,7 @@ def test_torchscript_fx_and_compile_match_eager():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
     # ConvNeXt has four feature levels (strides 4..32), not the default's five: the FPN takes levels 1..3
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   out_indices=(1, 2, 3), rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 12
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
+    detector_trains_one_step(f"se_plugin_{ARCH}", 12, out_indices=(1, 2, 3))
     # ConvNeXt's features start at stride 4: smp's timm encoder adds the stride-2 level itself
-    unet = smp.Unet(f"tu-se_plugin_{V2}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 12
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    unet_trains_one_step(f"tu-se_plugin_{V2}", 12)

@@ -7,7 +7,6 @@ SE sits on each dense layer's output, the ``growth_rate`` new feature maps, befo
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -16,10 +15,10 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.models import densenet as se_densenet
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 # a small DenseNet of the same code (growth 8, two layers per block, a 16-channel stem), for the tests that run it
@@ -202,26 +201,9 @@ def test_export_matches_eager():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn("se_plugin_densenet121", num_classes=3, fpn_channels=32, min_size=64,
-                                   max_size=96, backbone_kwargs=TINY, rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 8
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet("tu-se_plugin_densenet121", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 58 and list(unet.encoder.out_channels) == [3, 64, 256, 512, 1024, 1024]
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step("se_plugin_densenet121", 8, backbone_kwargs=TINY)
+    unet = unet_trains_one_step("tu-se_plugin_densenet121", 58)
+    assert list(unet.encoder.out_channels) == [3, 64, 256, 512, 1024, 1024]
     # smp's own DenseNet encoders are torchvision's DenseNet
     native = se_unet("densenet121", 2, se_decoder=False)
     assert (

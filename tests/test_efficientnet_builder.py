@@ -8,7 +8,6 @@ conv), on the expanded channels, before the linear projection, as MobileNetV3/Mn
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -17,9 +16,9 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 # the timm efficientnet-builder families that have archs without SE, and their SE'd relatives
@@ -217,24 +216,7 @@ def test_fx_features_and_export():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{REP}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 16
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{REP}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 16
+    detector_trains_one_step(f"se_plugin_{REP}", 16)
+    unet = unet_trains_one_step(f"tu-se_plugin_{REP}", 16)
     assert list(unet.encoder.out_channels[1:]) == [16, 24, 40, 112, 320]
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
     assert has_se(unet.encoder)

@@ -9,7 +9,6 @@ import copy
 import importlib
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -17,8 +16,8 @@ from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv3 = importlib.import_module("timm.models.inception_v3")  # the attribute of timm.models is the entrypoint
@@ -200,22 +199,8 @@ def test_export_matches_eager():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn("se_plugin_inception_v3", num_classes=3, fpn_channels=32, min_size=96, max_size=128,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 11  # out_indices (1, 2, 3, 4) keep every Inception module
+    big = dict(size=(96, 128), box=(8.0, 8.0, 60.0, 70.0))
+    detector = detector_trains_one_step("se_plugin_inception_v3", 11, **big)  # out_indices (1, 2, 3, 4): every module
     assert detector.backbone.strides == [4, 8, 16, 32]
-    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 70.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
     # valid-padded maps (96 px: 45, 20, 9, 4, 1) still feed smp's decoder, which resizes to each skip
-    unet = smp.Unet("tu-se_plugin_inception_v3", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 11
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2, 96)), torch.zeros(2, 96, 96, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    unet_trains_one_step("tu-se_plugin_inception_v3", 11, size=96)
