@@ -13,7 +13,13 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import (
+    compile_matches_eager,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "convnext_atto"  # depths (2, 2, 6, 2), dims (40, 80, 160, 320)
@@ -244,17 +250,9 @@ def test_torchscript_fx_and_compile_match_eager():
     x = _x()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{V2}", features_only=True, se_init="random")), x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx_feats.state_dict()) == 12
+    fx_matches_eager(model, x)
+    compile_matches_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 12
 
 
 @pytest.mark.slow

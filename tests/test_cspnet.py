@@ -12,8 +12,14 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.conftest import random_se, randomize_norm_stats
+from tests.family_checks import (
+    compile_matches_eager,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "cs3darknet_s"  # DarkBlocks, depths (1, 3, 4, 1), middle widths (32, 64, 128, 256)
@@ -159,15 +165,9 @@ def test_torchscript_fx_and_compile_match_eager():
     x = _x()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{ARCH}", features_only=True, se_init="random")), x)
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(x), model(x))
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    graph(x).sum().backward()
-    se_names = tuple(f"{n}." for n in se_modules(model))
-    assert all(p.grad is not None for n, p in graph.named_parameters() if n.startswith(se_names))
-    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".attn.fc1.weight") for k in fx_feats.state_dict()) == 9
+    fx_matches_eager(model, x, grad_modes=(True,))
+    compile_matches_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}", ".attn.fc1.weight") == 9
 
 
 @pytest.mark.slow

@@ -10,7 +10,13 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import (
+    compile_matches_eager,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "dla46_c"  # DlaBottleneck, 1.3 M parameters
@@ -141,18 +147,10 @@ def test_torchscript_and_fx_match_eager(arch):
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
     x = _x()
     assert_scripted_matches(model, x)  # DlaTree calls the SE forward with timm's (x, shortcut, children)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x)
     if arch == ARCH:
-        with torch.no_grad():
-            assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-        fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-        assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 12
+        compile_matches_eager(model, x)
+        assert fx_features_se_count(f"se_plugin_{ARCH}") == 12
 
 
 @pytest.mark.slow

@@ -14,8 +14,12 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
-from tests.test_torchscript import assert_scripted_matches
+from tests.family_checks import (
+    detector_trains_one_step,
+    fx_features_se_count,
+    script_fx_and_compile_match_eager,
+    unet_trains_one_step,
+)
 
 ARCH = "dpn48b"  # "b" blocks (separate 1x1 convs for the two paths)
 ARCHS = [ARCH, "dpn68"]  # and the shared last 1x1 conv, split in two
@@ -133,18 +137,8 @@ def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
     x = _x()
-    assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+    script_fx_and_compile_match_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 # the timm efficientnet-builder families that have archs without SE, and their SE'd relatives
@@ -190,13 +190,7 @@ def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
     assert_scripted_matches(model, _x())
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, _x())
 
 
 def test_fx_features_and_export():

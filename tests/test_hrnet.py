@@ -16,7 +16,7 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules
 from se_plugins.insert.timm_resnet import stage_from_resnet_or_hrnet_name
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import compile_matches_eager, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "hrnet_w18_small"
@@ -133,15 +133,8 @@ def test_torchscript_fx_and_compile_match_eager():
         torch.jit.script(timm.create_model(ARCH))
     for block in (model.layer1[0], model.stage4[0].branches[3][1], model.incre_modules[0][0]):
         assert_scripted_matches(block, torch.randn(2, block.conv1.in_channels, 8, 8))
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    fx_matches_eager(model, x)
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv3 = importlib.import_module("timm.models.inception_v3")  # the attribute of timm.models is the entrypoint
@@ -175,13 +175,7 @@ def test_torchscript_and_fx_match_eager():
     torch.manual_seed(0)
     timm_model = random_se(timm.create_model("se_plugin_inception_v3", num_classes=5, se_init="random"))
     assert_scripted_matches(timm_model, _x())
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(timm_model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), timm_model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(timm_model, _x())
     # torchvision's Inception3 scripts with its own eager_outputs: scripted, it returns the (logits, aux) tuple
     tv = random_se(add_se(_models()["torchvision"](), init="random"))
     with torch.no_grad(), pytest.warns(UserWarning, match="Scripted Inception3 always returns"):

@@ -12,6 +12,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import fx_matches_eager
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv4 = importlib.import_module("timm.models.inception_v4")  # the attribute of timm.models is the entrypoint
@@ -105,8 +106,4 @@ def test_torchscript_and_fx_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model("se_plugin_inception_v4", num_classes=5, se_init="random"))
     assert_scripted_matches(model, _x())
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, _x(), grad_modes=(True,))

@@ -16,7 +16,7 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import compile_matches_eager, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 SMALL_ARCH = "mobilenetv2_050"
@@ -160,12 +160,7 @@ def test_fx_trace_matches_eager_and_trains(kind, grad, rng_input):
     torch.manual_seed(0)
     model = random_se(add_se(_models()[kind](), init="random"))
     x = rng_input(2, 3, 64, 64)
-    with torch.set_grad_enabled(grad):
-        graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x, grad_modes=(grad,))
 
 
 def test_fx_features_have_se(rng_input):
@@ -183,8 +178,7 @@ def test_compile_fullgraph(rng_input):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", num_classes=5, se_init="random"))
     x = rng_input(2, 3, 64, 64)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torchvision
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import compile_matches_eager, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "regnetx_002"
@@ -133,16 +133,9 @@ def test_torchscript_fx_and_compile_match_eager(kind):
     model = random_se(add_se(_models()[kind](), init="random"))
     x = _x()
     assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x)
     if kind == "timm":
-        with torch.no_grad():
-            assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+        compile_matches_eager(model, x)
 
 
 @pytest.mark.slow

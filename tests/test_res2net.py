@@ -15,8 +15,12 @@ from timm.models.resnet import ResNet
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
-from tests.test_torchscript import assert_scripted_matches
+from tests.family_checks import (
+    detector_trains_one_step,
+    fx_features_se_count,
+    script_fx_and_compile_match_eager,
+    unet_trains_one_step,
+)
 
 ARCH = "res2net50_14w_8s"  # the smallest registered Res2Net
 SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
@@ -120,18 +124,8 @@ def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(add_se(_tiny(), init="random"))
     x = _x()
-    assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+    script_fx_and_compile_match_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import compile_matches_eager, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "resnetv2_18"
@@ -111,16 +111,12 @@ def test_torchscript_fx_and_compile_match_eager():
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
     x = _x()
     assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)  # the functional SE form
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+
+    def functional_se_form(graph):
+        assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)
+
+    fx_matches_eager(model, x, check_graph=functional_se_form)
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.insert.vgg import SEReLU
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "vgg11_bn"
@@ -185,13 +185,7 @@ def test_torchscript_and_fx_match_eager(kind):
     assert_scripted_matches(model, _x())
     if kind != "torchvision":  # timm's ConvMlp head branches on the input size: FX through timm's tracer below
         return
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, _x())
 
 
 def test_fx_features_and_export():
