@@ -100,12 +100,12 @@ def fx_features_se_count(arch: str, suffix: str = ".se.fc1.weight") -> int:
     return sum(k.endswith(suffix) for k in fx.state_dict())
 
 
-def pretrained_from_base(arch: str, tmp_path, **kwargs):
-    """Saves a ``randomize_norm_stats`` base ``arch`` to ``tmp_path``; loads base and ``se_plugin_<arch>`` from it with
-    ``pretrained=True`` (``kwargs`` extra): the SE model keeps every base tensor and adds exactly each SE module's
-    ``SE_KEYS``. Returns ``(base, ours, pretrained_kwargs)``, both in eval mode."""
+def pretrained_from_base(arch: str, tmp_path, *, prepare=randomize_norm_stats, **kwargs):
+    """Saves a base ``arch`` (weights from ``prepare``) to ``tmp_path / "base.pth"``; loads base and
+    ``se_plugin_<arch>`` from it with ``pretrained=True`` (``kwargs`` extra): the SE model keeps every base tensor and
+    adds exactly each SE module's ``SE_KEYS``. Returns ``(base, ours, pretrained_kwargs)``, both in eval mode."""
     torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(arch, **kwargs)).state_dict(), tmp_path / "base.pth")
+    torch.save(prepare(timm.create_model(arch, **kwargs)).state_dict(), tmp_path / "base.pth")
     pretrained = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")), **kwargs)
     base = timm.create_model(arch, **pretrained).eval()
     ours = timm.create_model(f"se_plugin_{arch}", **pretrained).eval()

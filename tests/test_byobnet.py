@@ -22,6 +22,7 @@ from tests.family_checks import (
     detector_trains_one_step,
     fx_features_se_count,
     fx_matches_eager,
+    pretrained_from_base,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
@@ -162,14 +163,7 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
         assert torch.equal(ours(_x()), base(_x()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()

@@ -18,6 +18,7 @@ from tests.family_checks import (
     detector_trains_one_step,
     fx_features_se_count,
     fx_matches_eager,
+    pretrained_from_base,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
@@ -198,14 +199,7 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("arch", [ARCH, V2])
 def test_pretrained_base_weights_through_timm(arch, tmp_path):
-    torch.manual_seed(0)
-    torch.save(_trained_like(timm.create_model(arch)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(arch, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{arch}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(arch, tmp_path, prepare=_trained_like)
     with torch.no_grad():
         assert same_ops_close(ours(_x()), base(_x()))
         feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()

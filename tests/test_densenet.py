@@ -18,7 +18,7 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import densenet as se_densenet
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 # a small DenseNet of the same code (growth 8, two layers per block, a 16-channel stem), for the tests that run it
@@ -125,14 +125,8 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "densenet121_tiny.pth"
-    torch.save(randomize_norm_stats(timm.create_model("densenet121", **TINY)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
-    base = timm.create_model("densenet121", **kwargs).eval()
-    ours = timm.create_model("se_plugin_densenet121", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base("densenet121", tmp_path, **TINY)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state} == {
         f"features.denseblock{b}.denselayer{i}.se.{p}" for b in (1, 2, 3, 4) for i in (1, 2) for p in SE_KEYS
     }

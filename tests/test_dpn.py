@@ -17,6 +17,7 @@ from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     detector_trains_one_step,
     fx_features_se_count,
+    pretrained_from_base,
     script_fx_and_compile_match_eager,
     unet_trains_one_step,
 )
@@ -107,14 +108,7 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     x = _x()
     with torch.no_grad():

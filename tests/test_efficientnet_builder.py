@@ -18,7 +18,7 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 # the timm efficientnet-builder families that have archs without SE, and their SE'd relatives
@@ -160,14 +160,8 @@ def test_stages_per_model_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / f"{REP}.pth"
-    torch.save(randomize_norm_stats(timm.create_model(REP)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    base = timm.create_model(REP, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{REP}", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(REP, tmp_path)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state and k.startswith("blocks.1.0.")} == {
         f"blocks.1.0.se.{p}" for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
     }

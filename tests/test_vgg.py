@@ -20,7 +20,7 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.insert.vgg import SEReLU
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "vgg11_bn"
@@ -145,14 +145,8 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / f"{ARCH}.pth"
-    torch.save(randomize_norm_stats(timm.create_model(ARCH, **SMALL_HEAD)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL_HEAD)
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path, **SMALL_HEAD)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state} == {
         f"features.{i}.se.{p}" for i in VGG11_BN_RELUS for p in SE_KEYS
     }
