@@ -6,6 +6,7 @@ Plain functions that assert; each returns what it built, so a family test can ad
 import segmentation_models_pytorch as smp
 import timm
 import torch
+from timm.layers import make_divisible
 
 from se_plugins import se_modules
 from se_plugins.detection import fasterrcnn_timm_fpn
@@ -23,6 +24,12 @@ def batch(seed: int = 0, size: int = 64, n: int = 2) -> torch.Tensor:
 def count_params(model: torch.nn.Module) -> int:
     """The number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
+
+
+def se_params(channels: int, reduction: float = 16) -> int:
+    """The parameter count of one SqueezeExcite on ``channels`` (timm's hidden-width rule: divisible by 8)."""
+    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
+    return 2 * channels * hidden + hidden + channels
 
 
 def assert_se_grads(model: torch.nn.Module, reference: torch.nn.Module | None = None) -> None:

@@ -6,7 +6,6 @@ import re
 import pytest
 import timm
 import torch
-from timm.layers import make_divisible
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
@@ -14,31 +13,21 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    SE_KEYS,
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_features_se_count,
     fx_matches_eager,
     pretrained_from_base,
+    se_params,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "convnext_atto"  # depths (2, 2, 6, 2), dims (40, 80, 160, 320)
 V2 = "convnextv2_atto"
-_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _se_params(channels: int, reduction: float = 16) -> int:
-    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -64,8 +53,8 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     widths = [40] * 2 + [80] * 2 + [160] * 6 + [320] * 2  # one SE per block, on the block's width
-    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 51_888
-    assert _count(base) == 3_695_520
+    assert count_params(ours) - count_params(base) == sum(se_params(c) for c in widths) == 51_888
+    assert count_params(base) == 3_695_520
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -75,16 +64,16 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     model = _trained_like(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert same_ops_close(model(_x()), before)  # the fused add is one addcmul instead of mul + add
+        assert same_ops_close(model(batch()), before)  # the fused add is one addcmul instead of mul + add
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
-    assert new == {f"stages.0.blocks.0.se.{p}" for p in _SE_KEYS}
+    assert new == {f"stages.0.blocks.0.se.{p}" for p in SE_KEYS}
 
 
 def _branch(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -135,13 +124,13 @@ def test_torchvision_convnext(position):
     model = _torchvision_convnext()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model, position=position)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert {k for k in set(state) - set(before_state) if k.startswith("features.3.1.")} == {
-        f"features.3.1.se.{p}" for p in _SE_KEYS
+        f"features.3.1.se.{p}" for p in SE_KEYS
     }
     assert [se.channels for se in se_modules(model).values()] == [16, 16, 32, 32, 64, 64, 128, 128]
     random_se(model)
@@ -165,10 +154,10 @@ def test_torchvision_convnext(position):
 def test_torchvision_convnext_torchscript_and_fx():
     torch.manual_seed(0)
     model = random_se(add_se(_torchvision_convnext(), init="random"))
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     graph = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
+        assert same_ops_close(graph(batch()), model(batch()))
 
 
 def test_fused_equals_plain_forward_and_backward():
@@ -178,9 +167,9 @@ def test_fused_equals_plain_forward_and_backward():
     plain = copy.deepcopy(model)
     set_se_fused(plain, False)
     with torch.no_grad():
-        assert same_ops_close(model(_x()), plain(_x()))
-    model.train()(_x()).sum().backward()
-    plain.train()(_x()).sum().backward()
+        assert same_ops_close(model(batch()), plain(batch()))
+    model.train()(batch()).sum().backward()
+    plain.train()(batch()).sum().backward()
     for (name, a), b in zip(model.named_parameters(), plain.parameters(), strict=True):
         assert same_ops_close(a.grad, b.grad), name
 
@@ -201,13 +190,13 @@ def test_options_and_errors():
 def test_pretrained_base_weights_through_timm(arch, tmp_path):
     base, ours, kwargs = pretrained_from_base(arch, tmp_path, prepare=_trained_like)
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        final, inter = ours.forward_intermediates(batch())
+        base_final, base_inter = base.forward_intermediates(batch())
         assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
 
 
@@ -234,14 +223,14 @@ def test_timm_checkpoint_filter_runs_before_ours(tmp_path):
     state = ours.state_dict()
     assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(_trained_like(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random")))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{V2}", features_only=True, se_init="random")), x)
     fx_matches_eager(model, x)

@@ -7,38 +7,26 @@ import copy
 import pytest
 import timm
 import torch
-from timm.layers import make_divisible
 from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats
 from tests.family_checks import (
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_features_se_count,
     fx_matches_eager,
     pretrained_from_base,
+    se_params,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "cs3darknet_s"  # DarkBlocks, depths (1, 3, 4, 1), middle widths (32, 64, 128, 256)
 _SLOTS = ("attn", "attn2", "attn3")
-_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _se_params(channels: int, reduction: float = 16) -> int:
-    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def _builds_attention(arch: str) -> bool:
@@ -61,8 +49,8 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     widths = [32] + [64] * 3 + [128] * 4 + [256]  # one SE per DarkBlock, on its middle channels
-    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 21_040
-    assert _count(base) == 3_276_344
+    assert count_params(ours) - count_params(base) == sum(se_params(c) for c in widths) == 21_040
+    assert count_params(base) == 3_276_344
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -72,12 +60,12 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert torch.equal(model(_x()), before)  # gates are exactly 1: x * 1 == x
+        assert torch.equal(model(batch()), before)  # gates are exactly 1: x * 1 == x
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     slot = "attn2" if arch == "cspresnet50" else "attn"
@@ -113,7 +101,7 @@ def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
     ours = timm.create_model("se_plugin_cs3darknet_l", se_reduction=4).eval()
     ours.load_state_dict(timm_se.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), timm_se(_x()))
+        assert torch.equal(ours(batch()), timm_se(batch()))
     torch.save(timm_se.state_dict(), tmp_path / "cs3sedarknet_l.pth")
     overlay = dict(file=str(tmp_path / "cs3sedarknet_l.pth"))
     loaded = timm.create_model(
@@ -121,7 +109,7 @@ def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
     )
     loaded.eval()
     with torch.no_grad():
-        assert torch.equal(loaded(_x()), timm_se(_x()))
+        assert torch.equal(loaded(batch()), timm_se(batch()))
 
 
 def test_options_and_errors():
@@ -142,13 +130,13 @@ def test_options_and_errors():
 def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), base(_x()))
+        assert torch.equal(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        final, inter = ours.forward_intermediates(batch())
+        base_final, base_inter = base.forward_intermediates(batch())
         assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
 
 
@@ -156,7 +144,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{ARCH}", features_only=True, se_init="random")), x)
     fx_matches_eager(model, x, grad_modes=(True,))

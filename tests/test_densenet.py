@@ -18,13 +18,20 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import densenet as se_densenet
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
+from tests.family_checks import (
+    SE_KEYS,
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 # a small DenseNet of the same code (growth 8, two layers per block, a 16-channel stem), for the tests that run it
 TINY = dict(growth_rate=8, block_config=(2, 2, 2, 2), bn_size=2)
 TINY_TV = dict(TINY, num_init_features=16)  # timm's stem is 2 x growth_rate
-SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 
 def _models():
@@ -32,14 +39,6 @@ def _models():
         "timm": lambda: timm.create_model("densenet121", num_classes=5, **TINY),
         "torchvision": lambda: torchvision.models.DenseNet(num_classes=5, **TINY_TV),
     }
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def test_registry_and_model_args_match_timm():
@@ -65,8 +64,9 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model("densenet121"), timm.create_model("se_plugin_densenet121")
         tv = add_se(torchvision.models.densenet121())
-    assert expected == 32_016 and _count(ours) - _count(base) == expected and _count(base) == 7_978_856
-    assert _count(tv) == _count(ours)
+    assert expected == 32_016 and count_params(ours) - count_params(base) == expected
+    assert count_params(base) == 7_978_856
+    assert count_params(tv) == count_params(ours)
     assert {(se.channels, se.hidden_channels) for se in se_modules(ours).values()} == {(32, 8)}
 
 
@@ -76,12 +76,12 @@ def test_identity_init_keeps_outputs_and_keys(kind):
     model = randomize_norm_stats(_models()[kind]()).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)  # position=None: the family's own, "post"
-        assert torch.equal(model(_x()), before)  # gate exactly 1: x * 1 == x
+        assert torch.equal(model(batch()), before)  # gate exactly 1: x * 1 == x
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert {k for k in state if k not in before_state} == {
@@ -132,20 +132,20 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     }
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert torch.equal(ours(_x()), base(_x()))
+        assert torch.equal(ours(batch()), base(batch()))
         feats = timm.create_model("se_plugin_densenet121", features_only=True, **kwargs).eval()
         base_feats = timm.create_model("densenet121", features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 8
-        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        final, inter = ours.forward_intermediates(batch())
+        base_final, base_inter = base.forward_intermediates(batch())
         assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
     # a fine-tuned twin's own checkpoint (SE keys included) loads back through the same mechanism
     torch.save(random_se(ours).state_dict(), tmp_path / "twin.pth")
     again = timm.create_model("se_plugin_densenet121", pretrained=True, **TINY,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "twin.pth"))).eval()  # fmt: skip
     with torch.no_grad():
-        assert torch.equal(again(_x()), ours(_x()))
+        assert torch.equal(again(batch()), ours(batch()))
 
 
 @pytest.mark.slow
@@ -157,10 +157,10 @@ def test_torchscript_and_fx_match_eager(kind):
         "timm_features": lambda: timm.create_model("se_plugin_densenet121", features_only=True, **TINY),
     }[kind]
     model = random_se(add_se(build(), init="random") if kind != "timm_features" else build())
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     if kind == "timm_features":
         return
-    fx_matches_eager(model, _x())
+    fx_matches_eager(model, batch())
 
 
 @pytest.mark.parametrize("kind", list(_models()))
@@ -175,16 +175,16 @@ def test_memory_efficient_checkpointing_trains_the_same(kind):
         if hasattr(m, "grad_checkpointing") and hasattr(m, "bottleneck_fn"):
             m.grad_checkpointing = True
     for model in (plain, efficient):
-        model(_x()).sum().backward()
+        model(batch()).sum().backward()
     for (name, a), b in zip(plain.named_parameters(), efficient.parameters(), strict=True):
         assert same_ops_close(b.grad, a.grad), name
 
 
 def test_export_matches_eager():
     model = random_se(timm.create_model("se_plugin_densenet121", num_classes=5, se_init="random", **TINY))
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(exported.module()(_x()), model(_x()))
+        assert same_ops_close(exported.module()(batch()), model(batch()))
 
 
 @pytest.mark.slow

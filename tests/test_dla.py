@@ -11,28 +11,22 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    SE_KEYS,
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_features_se_count,
     fx_matches_eager,
     pretrained_from_base,
+    se_params,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "dla46_c"  # DlaBottleneck, 1.3 M parameters
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 # one arch per block class: DlaBottleneck, DlaBasic, DlaBottle2neck
 ARCHS = [ARCH, "dla34", "dla60_res2next"]
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -42,10 +36,10 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="dla"))
     with torch.device("meta"):
         base, ours = timm.create_model("dla34"), timm.create_model("se_plugin_dla34")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # dla34: two BasicBlocks per level-1 tree (level2, level5), four in the level-2 trees (level3, level4)
-    expected = sum(n * _se_params(c) for n, c in zip((2, 4, 4, 2), (64, 128, 256, 512), strict=True))
-    assert count(ours) - count(base) == expected == 111_408 and count(base) == 15_742_104
+    expected = sum(n * se_params(c) for n, c in zip((2, 4, 4, 2), (64, 128, 256, 512), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 111_408
+    assert count_params(base) == 15_742_104
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -55,12 +49,12 @@ def test_identity_init_keeps_outputs_and_keys(arch, position):
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model, position=position)
-        assert torch.equal(model(_x()), before)  # the branch as timm runs it, gates exactly 1
+        assert torch.equal(model(batch()), before)  # the branch as timm runs it, gates exactly 1
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert {k for k in set(state) - set(before_state) if k.startswith("level3.tree1.tree1.")} == {
@@ -105,7 +99,7 @@ def test_fused_equals_plain():
     plain = set_se_fused(copy.deepcopy(fused), False)
     with torch.no_grad():
         # addcmul vs multiply-then-add: one rounding per block, far below this model's 1e-5 relative bound
-        assert same_ops_close(fused(_x()), plain(_x()))
+        assert same_ops_close(fused(batch()), plain(batch()))
 
 
 def test_options_and_errors():
@@ -122,7 +116,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     # timm loads DLA non-strictly: the helper checks strictness (every base key, nothing else but SE)
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
         final, inter = ours.forward_intermediates(x)
@@ -139,7 +133,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)  # DlaTree calls the SE forward with timm's (x, shortcut, children)
     fx_matches_eager(model, x)
     if arch == ARCH:

@@ -15,25 +15,19 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    SE_KEYS,
+    batch,
+    count_params,
     detector_trains_one_step,
     fx_features_se_count,
     pretrained_from_base,
     script_fx_and_compile_match_eager,
+    se_params,
     unet_trains_one_step,
 )
 
 ARCH = "dpn48b"  # "b" blocks (separate 1x1 convs for the two paths)
 ARCHS = [ARCH, "dpn68"]  # and the shared last 1x1 conv, split in two
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -43,10 +37,10 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="dpn"))
     with torch.device("meta"):
         base, ours = timm.create_model("dpn68"), timm.create_model("se_plugin_dpn68")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # dpn68: k_sec (3, 4, 12, 3) blocks, residual-path width num_1x1_c = 64 * 2**i (small: bw_factor 1)
-    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
-    assert count(ours) - count(base) == expected == 213_528 and count(base) == 12_611_602
+    expected = sum(n * se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 213_528
+    assert count_params(base) == 12_611_602
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -55,12 +49,12 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert torch.equal(model(_x()), before)  # timm's ops in timm's order, gates exactly 1
+        assert torch.equal(model(batch()), before)  # timm's ops in timm's order, gates exactly 1
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert {k for k in state if k.startswith("features.conv3_1.se.")} == {f"features.conv3_1.se.{k}" for k in SE_KEYS}
@@ -94,7 +88,7 @@ def test_fused_equals_plain():
     fused = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
     plain = set_se_fused(copy.deepcopy(fused), False)
     with torch.no_grad():
-        assert same_ops_close(fused(_x()), plain(_x()))  # addcmul vs multiply-then-add: one rounding per block
+        assert same_ops_close(fused(batch()), plain(batch()))  # addcmul vs multiply-then-add: one rounding per block
 
 
 def test_options_and_errors():
@@ -110,7 +104,7 @@ def test_options_and_errors():
 def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
         final, inter = ours.forward_intermediates(x)
@@ -130,7 +124,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     script_fx_and_compile_match_eager(model, x)
     assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 

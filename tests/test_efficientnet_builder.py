@@ -18,7 +18,14 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
+from tests.family_checks import (
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 # the timm efficientnet-builder families that have archs without SE, and their SE'd relatives
@@ -30,14 +37,6 @@ ONE_PER_FAMILY = ["mobilenetv1_100", "mnasnet_050", "fbnetc_100", "spnasnet_100"
 REP = "efficientnet_lite0"
 # efficientnet_lite0's arch def (repeats, output width, expansion) after a 32-channel stem
 LITE0_STAGES = [(1, 16, 1), (2, 24, 6), (2, 40, 6), (3, 80, 6), (3, 112, 6), (4, 192, 6), (1, 320, 6)]
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0, size: int = 64) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _slots(arch: str) -> list[nn.Module]:
@@ -77,7 +76,7 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(REP), timm.create_model(f"se_plugin_{REP}")
     assert [se.channels for se in se_modules(ours).values()] == widths and len(widths) == 16
-    assert _count(base) == 4_652_008 and _count(ours) - _count(base) == expected == 948_536
+    assert count_params(base) == 4_652_008 and count_params(ours) - count_params(base) == expected == 948_536
 
 
 @pytest.mark.parametrize("arch", ONE_PER_FAMILY)
@@ -86,13 +85,13 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
         assert len(se_modules(model)) == len(_slots(arch))  # every block, residual add or not
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert all(".se." in k for k in set(state) - set(before_state))
@@ -103,9 +102,9 @@ def test_torchvision_mnasnet(rng_input):
     model = randomize_norm_stats(torchvision.models.mnasnet0_5(num_classes=5)).eval()
     keys = set(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert torch.equal(model(_x()), before)  # x * 1 == x
+        assert torch.equal(model(batch()), before)  # x * 1 == x
     assert len(se_modules(model)) == 16  # the 16 inverted residuals (the stem's separable conv is no block)
     assert {k for k in model.state_dict() if k not in keys and k.startswith("layers.8.0.")} == {
         f"layers.8.0.se.{p}" for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
@@ -119,10 +118,10 @@ def test_torchvision_mnasnet(rng_input):
             torch.testing.assert_close(block(x), block.layers[6:](mid) + (x if residual else 0), rtol=0, atol=0)
     with pytest.raises(ValueError, match="cannot tell the stage of block 'layers.8.0'"):
         add_se(torchvision.models.mnasnet0_5(), stages=(2,))
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     graph = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
+        assert same_ops_close(graph(batch()), model(batch()))
 
 
 def test_se_sits_in_the_slot(rng_input):
@@ -168,13 +167,13 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     assert all(".se." in k for k in set(ours_state) - set(state))
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{REP}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(REP, features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 16
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        final, inter = ours.forward_intermediates(batch())
+        base_final, base_inter = base.forward_intermediates(batch())
         assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
 
 
@@ -183,8 +182,8 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
-    assert_scripted_matches(model, _x())
-    fx_matches_eager(model, _x())
+    assert_scripted_matches(model, batch())
+    fx_matches_eager(model, batch())
 
 
 def test_fx_features_and_export():
@@ -195,11 +194,11 @@ def test_fx_features_and_export():
     assert sum(".se.fc1.weight" in k for k in fx.state_dict()) == len(se_modules(listed)) == 16
     fx.load_state_dict({f"graph_module.{k}": v for k, v in listed.state_dict().items()})
     with torch.no_grad():
-        assert all(same_ops_close(a, b) for a, b in zip(fx.eval()(_x()), listed(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(fx.eval()(batch()), listed(batch()), strict=True))
     model = random_se(timm.create_model("se_plugin_mobilenetv1_100", num_classes=5, se_init="random"))
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(exported.module()(_x()), model(_x()))
+        assert same_ops_close(exported.module()(batch()), model(batch()))
 
 
 @pytest.mark.slow

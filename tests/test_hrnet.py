@@ -17,16 +17,19 @@ from se_plugins import add_se, se_modules
 from se_plugins.insert.timm_resnet import stage_from_resnet_or_hrnet_name
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    SE_KEYS,
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_matches_eager,
     pretrained_from_base,
+    se_params,
     unet_trains_one_step,
 )
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "hrnet_w18_small"
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 # hrnet_w18_small's residual blocks by stage: (count, SE channels) from timm's cfg (BASIC: width, BOTTLENECK: 4x)
 BLOCKS = {
     1: [(1, 4 * 32)],  # layer1: one Bottleneck
@@ -36,15 +39,6 @@ BLOCKS = {
 }
 
 
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
-
-
 def test_registry_and_parameter_counts():
     bases = [n for n in timm.list_models(module="hrnet") if not n.startswith("se_plugin_")]
     names = timm.list_models("se_plugin_hrnet*")
@@ -52,9 +46,9 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="hrnet"))
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    expected = sum(n * _se_params(c) for blocks in BLOCKS.values() for n, c in blocks)
-    assert count(ours) - count(base) == expected == 192_048 and count(base) == 13_187_464
+    expected = sum(n * se_params(c) for blocks in BLOCKS.values() for n, c in blocks)
+    assert count_params(ours) - count_params(base) == expected == 192_048
+    assert count_params(base) == 13_187_464
 
 
 def test_stage_names_for_resnets_and_hrnet():
@@ -74,12 +68,12 @@ def test_identity_init_keeps_outputs_and_keys():
     model = randomize_norm_stats(timm.create_model(ARCH, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     new = set(state) - set(before_state)
@@ -103,7 +97,7 @@ def test_options_and_errors():
 
 def test_pretrained_base_weights_and_features(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
         final, inter = ours.forward_intermediates(x)
@@ -125,7 +119,7 @@ def test_pretrained_base_weights_and_features(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     # timm's HRNet does not script (its SequentialList takes a list; timm's tests exclude hrnet* from TorchScript):
     # the SE blocks do, in each branch
     with pytest.raises(RuntimeError, match="SequentialList"):

@@ -17,7 +17,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import count_params, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv3 = importlib.import_module("timm.models.inception_v3")  # the attribute of timm.models is the entrypoint
@@ -32,10 +32,6 @@ SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 def _x(seed: int = 0, size: int = 80) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _se_params(widths: list[int], reduction: int = 16) -> int:
@@ -78,10 +74,10 @@ def test_parameter_counts_from_widths():
         googlenet = add_se(torchvision.models.googlenet(init_weights=False))
     assert [se.channels for se in se_modules(ours).values()] == INCEPTION_V3_WIDTHS
     assert _se_params(INCEPTION_V3_WIDTHS) == 1_659_312
-    assert _count(base) == 23_834_568 and _count(ours) - _count(base) == 1_659_312
-    assert _count(tv) - _count(tv_base) == 1_659_312  # torchvision's modules have the same widths
+    assert count_params(base) == 23_834_568 and count_params(ours) - count_params(base) == 1_659_312
+    assert count_params(tv) - count_params(tv_base) == 1_659_312  # torchvision's modules have the same widths
     assert [se.channels for se in se_modules(googlenet).values()] == GOOGLENET_WIDTHS
-    assert _count(googlenet) - _count(googlenet_base) == _se_params(GOOGLENET_WIDTHS) == 494_288
+    assert count_params(googlenet) - count_params(googlenet_base) == _se_params(GOOGLENET_WIDTHS) == 494_288
 
 
 @pytest.mark.parametrize("kind", list(_models()))

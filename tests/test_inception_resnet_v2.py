@@ -11,7 +11,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SE_POSITIONS, add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, unet_trains_one_step
+from tests.family_checks import count_params, detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "inception_resnet_v2"
@@ -22,10 +22,6 @@ SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 def _x(seed: int = 0, size: int = 80) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _branches(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +42,8 @@ def test_registry_and_parameter_count_from_widths():
     assert [se.channels for se in se_modules(ours).values()] == WIDTHS
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in WIDTHS]
     expected = sum(2 * c * h + h + c for c, h in zip(WIDTHS, hidden, strict=True))
-    assert expected == 8_660_560 and _count(base) == 55_843_464 and _count(ours) - _count(base) == expected
+    assert expected == 8_660_560 and count_params(base) == 55_843_464
+    assert count_params(ours) - count_params(base) == expected
     assert not any(n.startswith("mixed_") for n in se_modules(ours))  # the non-residual modules get none
 
 

@@ -12,7 +12,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import fx_matches_eager
+from tests.family_checks import count_params, fx_matches_eager
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv4 = importlib.import_module("timm.models.inception_v4")  # the attribute of timm.models is the entrypoint
@@ -27,10 +27,6 @@ def _x(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(seed))
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_registry_and_parameter_count_from_widths():
     assert timm.list_models("se_plugin_inception_v4*") == ["se_plugin_inception_v4"]
     assert "se_plugin_inception_v4" in timm.list_models(module="inception_v4")
@@ -39,7 +35,8 @@ def test_registry_and_parameter_count_from_widths():
     assert [se.channels for se in se_modules(ours).values()] == WIDTHS
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in WIDTHS]
     expected = sum(2 * c * h + h + c for c, h in zip(WIDTHS, hidden, strict=True))
-    assert expected == 2_346_736 and _count(base) == 42_679_816 and _count(ours) - _count(base) == expected
+    assert expected == 2_346_736 and count_params(base) == 42_679_816
+    assert count_params(ours) - count_params(base) == expected
 
 
 def test_identity_init_keeps_outputs_and_keys():

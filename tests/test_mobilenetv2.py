@@ -16,7 +16,13 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import compile_matches_eager, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import (
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 SMALL_ARCH = "mobilenetv2_050"
@@ -29,10 +35,6 @@ def _models():
         "timm": lambda: timm.create_model(SMALL_ARCH, num_classes=5),
         "torchvision": lambda: torchvision.models.mobilenet_v2(num_classes=5, width_mult=0.5),
     }
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,8 @@ def test_parameter_count_from_widths():
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in MOBILENETV2_100_SE_WIDTHS]  # SqueezeExcite's rule
     expected = sum(2 * c * h + h + c for c, h in zip(MOBILENETV2_100_SE_WIDTHS, hidden, strict=True))
     assert expected == 613_320
-    assert _count(ours) - _count(base) == expected and _count(base) == 3_504_872
-    assert _count(tv) == _count(ours)  # torchvision's MobileNetV2 has the same widths
+    assert count_params(ours) - count_params(base) == expected and count_params(base) == 3_504_872
+    assert count_params(tv) == count_params(ours)  # torchvision's MobileNetV2 has the same widths
     assert [se.channels for se in se_modules(ours).values()] == MOBILENETV2_100_SE_WIDTHS
 
 

@@ -15,7 +15,9 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_matches_eager,
     pretrained_from_base,
@@ -33,14 +35,6 @@ def _models():
     }
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
 def test_registry_and_parameter_counts():
     names = timm.list_models("se_plugin_regnetx_*")
     assert names == [f"se_plugin_{b}" for b in timm.list_models("regnetx_*")] and len(names) == 13
@@ -49,8 +43,9 @@ def test_registry_and_parameter_counts():
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
         as_y = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4)
         regnety = timm.create_model("regnety_002")
-    assert _count(base) == 2_684_792 and _count(ours) - _count(base) == 123_034 and len(se_modules(ours)) == 13
-    assert _count(as_y) == _count(regnety) == 3_162_996
+    assert count_params(base) == 2_684_792 and count_params(ours) - count_params(base) == 123_034
+    assert len(se_modules(ours)) == 13
+    assert count_params(as_y) == count_params(regnety) == 3_162_996
     # on the bottleneck channels (24), hidden width from the block input width (the stem's 32): round(32 / 4)
     assert (as_y.s1.b1.se.channels, as_y.s1.b1.se.hidden_channels) == (24, 8)
     assert (as_y.s3.b2.se.channels, as_y.s3.b2.se.hidden_channels) == (152, 38)
@@ -62,24 +57,24 @@ def test_regnety_weights_load_strictly_with_identical_outputs(tmp_path):
     ours = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4).eval()
     ours.load_state_dict(regnety.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), regnety(_x()))  # the plain SE forward is timm's SEModule, op for op
+        assert torch.equal(ours(batch()), regnety(batch()))  # the plain SE forward is timm's SEModule, op for op
     # and through timm's pretrained mechanism (timm's RegNet filter, then ours)
     torch.save(regnety.state_dict(), tmp_path / "regnety_002.pth")
     loaded = timm.create_model(f"se_plugin_{ARCH}", pretrained=True, se_reduction=4,
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "regnety_002.pth"))).eval()  # fmt: skip
     with torch.no_grad():
-        assert torch.equal(loaded(_x()), regnety(_x()))
+        assert torch.equal(loaded(batch()), regnety(batch()))
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
 
 
 @pytest.mark.parametrize("kind", list(_models()))
@@ -88,12 +83,12 @@ def test_identity_init_keeps_outputs_and_keys(kind):
     model = randomize_norm_stats(_models()[kind]()).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert all(".se." in k for k in set(state) - set(before_state))
@@ -131,7 +126,7 @@ def test_options_and_errors():
 def test_torchscript_fx_and_compile_match_eager(kind):
     torch.manual_seed(0)
     model = random_se(add_se(_models()[kind](), init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     fx_matches_eager(model, x)
     if kind == "timm":

@@ -16,30 +16,24 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    SE_KEYS,
+    batch,
+    count_params,
     detector_trains_one_step,
     fx_features_se_count,
     pretrained_from_base,
     script_fx_and_compile_match_eager,
+    se_params,
     unet_trains_one_step,
 )
 
 ARCH = "res2net50_14w_8s"  # the smallest registered Res2Net
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 
 
 def _tiny(**block_args) -> torch.nn.Module:
     """A one-block-per-stage Res2NeXt built the way timm builds its archs (ResNet + Bottle2neck)."""
     return ResNet(block=timm_res2net.Bottle2neck, layers=(1, 1, 1, 1), base_width=4, cardinality=4,
                   block_args=dict(scale=4, **block_args), num_classes=5)  # fmt: skip
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -49,10 +43,10 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="res2net"))  # timm's module filter sees the twins
     with torch.device("meta"):
         base, ours = timm.create_model("res2net50_26w_4s"), timm.create_model("se_plugin_res2net50_26w_4s")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # SE on each block's output channels (planes * 4), ResNet-50's stage depths
-    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
-    assert count(ours) - count(base) == expected == 2_530_992 and count(base) == 25_699_120
+    expected = sum(n * se_params(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 2_530_992
+    assert count_params(base) == 25_699_120
 
 
 def test_identity_init_keeps_outputs_and_keys():
@@ -60,12 +54,12 @@ def test_identity_init_keeps_outputs_and_keys():
     model = randomize_norm_stats(_tiny()).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert torch.equal(model(_x()), before)  # x * 1 == x: timm's own forward, gate exactly 1
+        assert torch.equal(model(batch()), before)  # x * 1 == x: timm's own forward, gate exactly 1
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert set(state) - set(before_state) == {f"layer{s}.0.se.{k}" for s in range(1, 5) for k in SE_KEYS}
@@ -101,7 +95,7 @@ def test_options_and_errors():
 def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert {k for k in ours.state_dict() if k.startswith("layer1.0.se.")} == {f"layer1.0.se.{k}" for k in SE_KEYS}
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
         final, inter = ours.forward_intermediates(x)
@@ -117,7 +111,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(add_se(_tiny(), init="random"))
-    x = _x()
+    x = batch()
     script_fx_and_compile_match_eager(model, x)
     assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 

@@ -10,7 +10,9 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
 from tests.family_checks import (
+    batch,
     compile_matches_eager,
+    count_params,
     detector_trains_one_step,
     fx_matches_eager,
     pretrained_from_base,
@@ -21,21 +23,14 @@ from tests.test_torchscript import assert_scripted_matches
 ARCH = "resnetv2_18"
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0, size: int = 64) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 def test_registry_and_parameter_counts():
     names = timm.list_models("se_plugin_resnetv2_*")
     assert names == [f"se_plugin_{b}" for b in timm.list_models("resnetv2_*")] and len(names) == 20
     assert set(names) <= set(timm.list_models(module="resnetv2"))
     with torch.device("meta"):
         base, ours = timm.create_model("resnetv2_50"), timm.create_model("se_plugin_resnetv2_50")
-    assert _count(base) == 25_549_352 and _count(ours) - _count(base) == 2_530_992  # ResNet-50's SE, same widths
+    assert count_params(base) == 25_549_352
+    assert count_params(ours) - count_params(base) == 2_530_992  # ResNet-50's SE, same widths
 
 
 @pytest.mark.parametrize("arch", [ARCH, "resnetv2_50d_gn"])
@@ -44,12 +39,12 @@ def test_identity_init_keeps_outputs_and_keys(arch):
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
         for se in se_modules(model).values():
             se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert all(".se." in k for k in set(state) - set(before_state))
@@ -76,11 +71,11 @@ def test_fused_equals_plain_forward_and_backward():
     fused = timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random")
     plain = set_se_fused(copy.deepcopy(fused), False)
     for model in (fused, plain):
-        model.train()(_x()).square().mean().backward()
+        model.train()(batch()).square().mean().backward()
     with torch.no_grad():
-        expected = plain.eval()(_x())
+        expected = plain.eval()(batch())
         # fusing only changes the rounding of the scale-and-add in each of the 8 blocks, carried through 18 layers
-        assert (fused.eval()(_x()) - expected).abs().max().item() <= rounding_tolerance(
+        assert (fused.eval()(batch()) - expected).abs().max().item() <= rounding_tolerance(
             expected, layers=18, fan_in=3 * 3 * 512
         )
     for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
@@ -98,18 +93,18 @@ def test_options_and_errors():
 def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.channels() == [64, 64, 128, 256, 512]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
 
     def functional_se_form(graph):

@@ -20,14 +20,20 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.insert.vgg import SEReLU
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import detector_trains_one_step, fx_matches_eager, pretrained_from_base, unet_trains_one_step
+from tests.family_checks import (
+    SE_KEYS,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "vgg11_bn"
 # vgg11's conv widths by stage (between max-pools), and the index in ``features`` of each conv's ReLU (with BN)
 VGG11_WIDTHS = [[64], [128], [256, 256], [512, 512], [512, 512]]
 VGG11_BN_RELUS = [2, 6, 10, 13, 17, 20, 24, 27]
-SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 
 SMALL_HEAD = dict(mlp_ratio=1 / 64)  # timm's ConvMlp 512 -> 64 -> 4096 instead of 512 -> 4096 -> 4096 (speed)
@@ -47,10 +53,6 @@ def _models():
         "timm": lambda: timm.create_model(ARCH, num_classes=5, **SMALL_HEAD),
         "torchvision": _tv,
     }
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _x(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -73,8 +75,9 @@ def test_parameter_count_from_widths():
         base, ours = timm.create_model("vgg16_bn"), timm.create_model("se_plugin_vgg16_bn")
         tv_base = torchvision.models.vgg16_bn()
         tv = add_se(torchvision.models.vgg16_bn())
-    assert expected == 231_824 and _count(ours) - _count(base) == expected and _count(base) == 138_365_992
-    assert _count(tv) - _count(tv_base) == expected
+    assert expected == 231_824 and count_params(ours) - count_params(base) == expected
+    assert count_params(base) == 138_365_992
+    assert count_params(tv) - count_params(tv_base) == expected
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
