@@ -3,12 +3,14 @@
 Plain functions that assert; each returns what it built, so a family test can add its own checks on it.
 """
 
+import copy
+
 import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
-from se_plugins import se_modules
+from se_plugins import add_se, se_modules
 from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import randomize_norm_stats, same_ops_close
 from tests.test_torchscript import assert_scripted_matches
@@ -38,6 +40,34 @@ def assert_se_grads(model: torch.nn.Module, reference: torch.nn.Module | None = 
     names = tuple(f"{n}." for n in se_modules(model if reference is None else reference))
     assert names
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith(names) or ".se." in n)
+
+
+def assert_identity_init(model: torch.nn.Module, x: torch.Tensor, *, exact: bool = True, **add_se_kwargs):
+    """``add_se(model, **add_se_kwargs)`` at identity init keeps ``model(x)`` (bit for bit when ``exact``, else
+    ``same_ops_close``); randomized SE then changes it (by over 1e-3 of its max); every base tensor is kept.
+    Returns ``(state, before_state)``: the state dicts with SE and before it."""
+    before_state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model(x)
+        add_se(model, **add_se_kwargs)
+        assert torch.equal(model(x), before) if exact else same_ops_close(model(x), before)
+        for se in se_modules(model).values():
+            se.reset_parameters("random")
+        assert (model(x) - before).abs().max().item() > 1e-3 * before.abs().max().item()
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    return state, before_state
+
+
+def assert_intermediates_match(ours: torch.nn.Module, base: torch.nn.Module, x: torch.Tensor, *, exact: bool = True):
+    """``forward_intermediates(x)`` of ``ours`` (final and every intermediate) equals ``base``'s (bit for bit when
+    ``exact``, else ``same_ops_close``). Returns ``ours``' ``(final, intermediates)``."""
+    close = torch.equal if exact else same_ops_close
+    with torch.no_grad():
+        final, inter = ours.forward_intermediates(x)
+        base_final, base_inter = base.forward_intermediates(x)
+    assert all(close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+    return final, inter
 
 
 def detector_trains_one_step(arch: str, se_count: int, *, size=(64, 96), box=(8.0, 8.0, 40.0, 50.0), **kwargs):

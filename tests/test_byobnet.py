@@ -3,7 +3,6 @@ attention, SE in each block's own attention slot as timm's SE variants (``seresn
 RepVGG/MobileOne re-parameterisation keeps working with SE.
 """
 
-import copy
 import math
 
 import pytest
@@ -18,6 +17,8 @@ from se_plugins.models.byobnet import has_attention
 from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     compile_matches_eager,
     count_params,
@@ -75,16 +76,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert torch.equal(model(batch()), before)  # gates are exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # gates are exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     slot = "attn_last" if arch == "gernet_s" else "attn"  # gernet's first stages are BasicBlocks
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.0.")}
     assert new == {f"stages.0.0.{slot}.{p}" for p in SE_KEYS}
@@ -159,9 +152,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
-        final, inter = ours.forward_intermediates(batch())
-        base_final, base_inter = base.forward_intermediates(batch())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, batch())
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from se_plugins import add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     compile_matches_eager,
     count_params,
@@ -62,16 +64,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = _trained_like(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert same_ops_close(model(batch()), before)  # the fused add is one addcmul instead of mul + add
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # the fused add is one addcmul instead of mul + add
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
     assert new == {f"stages.0.blocks.0.se.{p}" for p in SE_KEYS}
 
@@ -195,9 +189,7 @@ def test_pretrained_base_weights_through_timm(arch, tmp_path):
         base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [4, 8, 16, 32]
         assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
-        final, inter = ours.forward_intermediates(batch())
-        base_final, base_inter = base.forward_intermediates(batch())
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, batch(), exact=False)
 
 
 def _to_facebook_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

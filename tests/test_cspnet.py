@@ -2,7 +2,6 @@
 block's own attention slot (``attn`` in Dark/Edge blocks, ``attn2`` in Bottlenecks) as timm's SE variants have it.
 """
 
-import copy
 
 import pytest
 import timm
@@ -13,6 +12,8 @@ import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats
 from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     compile_matches_eager,
     count_params,
@@ -58,16 +59,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert torch.equal(model(batch()), before)  # gates are exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # gates are exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     slot = "attn2" if arch == "cspresnet50" else "attn"
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
     assert new == {
@@ -135,9 +128,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
-        final, inter = ours.forward_intermediates(batch())
-        base_final, base_inter = base.forward_intermediates(batch())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, batch())
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     count_params,
     detector_trains_one_step,
@@ -74,16 +76,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)  # position=None: the family's own, "post"
-        assert torch.equal(model(batch()), before)  # gate exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, "post"; gate exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k not in before_state} == {
         f"features.denseblock{b}.denselayer{i}.se.{p}" for b in (1, 2, 3, 4) for i in (1, 2) for p in SE_KEYS
     }
@@ -137,9 +131,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
         base_feats = timm.create_model("densenet121", features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 8
         assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
-        final, inter = ours.forward_intermediates(batch())
-        base_final, base_inter = base.forward_intermediates(batch())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, batch())
     # a fine-tuned twin's own checkpoint (SE keys included) loads back through the same mechanism
     torch.save(random_se(ours).state_dict(), tmp_path / "twin.pth")
     again = timm.create_model("se_plugin_densenet121", pretrained=True, **TINY,

@@ -12,6 +12,8 @@ from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     compile_matches_eager,
     count_params,
@@ -47,16 +49,8 @@ def test_registry_and_parameter_counts():
 def test_identity_init_keeps_outputs_and_keys(arch, position):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model, position=position)
-        assert torch.equal(model(batch()), before)  # the branch as timm runs it, gates exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # the branch as timm runs it, gates exactly 1
+    state, before_state = assert_identity_init(model, batch(), position=position)
     assert {k for k in set(state) - set(before_state) if k.startswith("level3.tree1.tree1.")} == {
         f"level3.tree1.tree1.se.{k}" for k in SE_KEYS
     }
@@ -119,9 +113,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 12 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]

@@ -16,6 +16,8 @@ from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     count_params,
     detector_trains_one_step,
@@ -47,16 +49,8 @@ def test_registry_and_parameter_counts():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert torch.equal(model(batch()), before)  # timm's ops in timm's order, gates exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # timm's ops in timm's order, gates exactly 1
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k.startswith("features.conv3_1.se.")} == {f"features.conv3_1.se.{k}" for k in SE_KEYS}
     assert all(".se." in k for k in set(state) - set(before_state))
 
@@ -107,9 +101,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         # timm's flattened feature wrapper names the blocks features_conv2_1 ...: the stages still come out

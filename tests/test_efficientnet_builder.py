@@ -5,7 +5,6 @@ MBConv), and torchvision's MNASNet: SE fills each block's own slot, after the de
 conv), on the expanded channels, before the linear projection, as MobileNetV3/MnasNet-A1/EfficientNet have it.
 """
 
-import copy
 
 import pytest
 import timm
@@ -19,6 +18,8 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     count_params,
     detector_trains_one_step,
@@ -83,17 +84,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert same_ops_close(model(batch()), before)
-        assert len(se_modules(model)) == len(_slots(arch))  # every block, residual add or not
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
+    assert len(se_modules(model)) == len(_slots(arch))  # every block, residual add or not
     assert all(".se." in k for k in set(state) - set(before_state))
 
 
@@ -172,9 +164,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
         base_feats = timm.create_model(REP, features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 16
         assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
-        final, inter = ours.forward_intermediates(batch())
-        base_final, base_inter = base.forward_intermediates(batch())
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, batch(), exact=False)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from HRNet's names (``layer1``, ``stageN.<module>.branches.<b>.<i>``; the head's
 """
 
 import collections
-import copy
 
 import pytest
 import timm
@@ -18,6 +17,8 @@ from se_plugins.insert.timm_resnet import stage_from_resnet_or_hrnet_name
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     compile_matches_eager,
     count_params,
@@ -66,16 +67,7 @@ def test_stage_names_for_resnets_and_hrnet():
 def test_identity_init_keeps_outputs_and_keys():
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(ARCH, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert same_ops_close(model(batch()), before)
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     new = set(state) - set(before_state)
     assert {k for k in new if k.startswith("stage3.0.branches.2.1.")} == {
         f"stage3.0.branches.2.1.se.{k}" for k in SE_KEYS
@@ -100,9 +92,7 @@ def test_pretrained_base_weights_and_features(tmp_path):
     x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
         # timm's own HighResolutionNetFeatures (loaded non-strictly: no classifier), and a generic wrapper
         for feature_kwargs in (dict(), dict(feature_cls="getter")):
             feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **feature_kwargs, **kwargs).eval()

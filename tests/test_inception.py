@@ -5,7 +5,6 @@ Inception nets need inputs of at least 75 px: the tests run one 80 px forward pe
 meta device.
 """
 
-import copy
 import importlib
 
 import pytest
@@ -17,7 +16,14 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import count_params, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
+from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv3 = importlib.import_module("timm.models.inception_v3")  # the attribute of timm.models is the entrypoint
@@ -84,16 +90,8 @@ def test_parameter_counts_from_widths():
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)  # position=None: the family's own, the module output
-        assert torch.equal(model(_x()), before)  # every gate exactly 1: x * 1 == x in IEEE
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, the module output; every gate exactly 1: x * 1 == x in IEEE
+    state, before_state = assert_identity_init(model, _x())
     first = "inception3a" if kind == "googlenet" else "Mixed_5b"
     assert {k for k in state if k.startswith(f"{first}.se.")} == {f"{first}.se.{s}" for s in SE_SUFFIXES}
     assert set(state) - set(before_state) == {f"{name}.{s}" for name in se_modules(model) for s in SE_SUFFIXES}
@@ -158,9 +156,7 @@ def test_pretrained_base_weights_features_and_intermediates(base_file):
     base = timm.create_model("inception_v3.tv_in1k", **kwargs).eval()
     with torch.no_grad():
         assert torch.equal(ours(_x()), base(_x()))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        _, inter = assert_intermediates_match(ours, base, _x())
         feats = timm.create_model("se_plugin_inception_v3", features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 11 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         assert all(torch.equal(a, b) for a, b in zip(feats(_x()), inter, strict=True))

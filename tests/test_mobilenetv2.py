@@ -17,6 +17,7 @@ from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    assert_intermediates_match,
     compile_matches_eager,
     count_params,
     detector_trains_one_step,
@@ -139,9 +140,7 @@ def test_pretrained_base_weights_through_timm(base_file):
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and has_se(feats)
         for a, b in zip(feats(x), base_feats(x), strict=True):
             assert same_ops_close(a, b)
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
 """
 
-import copy
 
 import pytest
 import timm
@@ -17,6 +16,8 @@ from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     batch,
     count_params,
     detector_trains_one_step,
@@ -52,16 +53,8 @@ def test_registry_and_parameter_counts():
 def test_identity_init_keeps_outputs_and_keys():
     torch.manual_seed(0)
     model = randomize_norm_stats(_tiny()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert torch.equal(model(batch()), before)  # x * 1 == x: timm's own forward, gate exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # x * 1 == x: timm's own forward, gate exactly 1
+    state, before_state = assert_identity_init(model, batch())
     assert set(state) - set(before_state) == {f"layer{s}.0.se.{k}" for s in range(1, 5) for k in SE_KEYS}
 
 
@@ -98,9 +91,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 16 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]

@@ -1,7 +1,6 @@
 """SE in torchvision's ShuffleNetV2: on each unit's ``branch2`` output (after its last BN + ReLU), before the concat
 and the channel shuffle, as in "ShuffleNet v2 with SE" (Ma et al. 2018, Table 8)."""
 
-import copy
 import importlib
 
 import pytest
@@ -14,7 +13,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from se_plugins import add_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.family_checks import batch, count_params
+from tests.family_checks import assert_identity_init, batch, count_params
 from tests.test_torchscript import assert_scripted_matches
 
 tv_shufflenet = importlib.import_module("torchvision.models.shufflenetv2")
@@ -37,16 +36,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(width):
     torch.manual_seed(0)
     model = randomize_norm_stats(getattr(torchvision.models, f"shufflenet_v2_{width}")(num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(batch())
-        add_se(model)
-        assert torch.equal(model(batch()), before)  # every gate exactly 1: x * 1 == x in IEEE
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(batch()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # every gate exactly 1: x * 1 == x in IEEE
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k.startswith("stage3.0.se.")} == {f"stage3.0.se.{s}" for s in SE_SUFFIXES}
     assert len(set(state) - set(before_state)) == 5 * 16
 

@@ -4,7 +4,6 @@ SE sits after the non-linearity following each conv (the SE paper, Sec. 3.3; SE-
 ``ReLU`` of ``features`` that follows a conv (and its BN) becomes ``SEReLU``; SE keys are ``features.<i>.se.*``.
 """
 
-import copy
 import re
 
 import pytest
@@ -22,6 +21,8 @@ from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
     count_params,
     detector_trains_one_step,
     fx_matches_eager,
@@ -85,16 +86,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)  # position=None: the family's own, "post"
-        assert torch.equal(model(_x()), before)  # gate exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, "post"; gate exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, _x())
     assert {k for k in state if k not in before_state} == {
         f"features.{i}.se.{p}" for i in VGG11_BN_RELUS for p in SE_KEYS
     }
@@ -163,9 +156,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
             got, want = feats.eval()(_x()), base_feats.eval()(_x())
             got, want = (list(got.values()), list(want.values())) if feature_cls == "dict" else (got, want)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), feature_cls
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, _x())
 
 
 @pytest.mark.slow
