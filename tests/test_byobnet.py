@@ -3,26 +3,35 @@ attention, SE in each block's own attention slot as timm's SE variants (``seresn
 RepVGG/MobileOne re-parameterisation keeps working with SE.
 """
 
-import copy
 import math
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
-from timm.layers import make_divisible
 from timm.utils import reparameterize_model
 from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.models.byobnet import has_attention
-from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
+from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    pretrained_from_base,
+    se_params,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "repvgg_a0"  # RepVggBlocks: stem 48, stages of 2 x 48, 4 x 96, 14 x 192, 1 x 1280 channels
-_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 # every byobnet arch with attention of its own: channel attention (SE, ECA, GC, BAT) in the model's or some block's
 # cfg, or CLIP's attention-pool head
 _WITH_ATTENTION = {
@@ -31,19 +40,6 @@ _WITH_ATTENTION = {
     "regnetz_d32", "regnetz_d8", "regnetz_d8_evos", "regnetz_e8", "repvgg_d2se", "resnet101_clip", "resnet50_clip",
     "resnet50x16_clip", "resnet50x4_clip", "resnet50x64_clip", "seresnet33ts", "seresnext26ts",
 }  # fmt: skip
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _se_params(channels: int, reduction: float = 16) -> int:
-    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def _builds_attention(arch: str) -> bool:
@@ -71,8 +67,8 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     widths = [48] + [48] * 2 + [96] * 4 + [192] * 14 + [1280]  # the stem is a RepVggBlock too (SE, as repvgg_d2se)
-    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 304_120
-    assert _count(base) == 9_108_968
+    assert count_params(ours) - count_params(base) == sum(se_params(c) for c in widths) == 304_120
+    assert count_params(base) == 9_108_968
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -80,19 +76,11 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # gates are exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # gates are exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     slot = "attn_last" if arch == "gernet_s" else "attn"  # gernet's first stages are BasicBlocks
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.0.")}
-    assert new == {f"stages.0.0.{slot}.{p}" for p in _SE_KEYS}
+    assert new == {f"stages.0.0.{slot}.{p}" for p in SE_KEYS}
 
 
 def test_se_sits_in_the_blocks_own_slot():
@@ -118,9 +106,9 @@ def test_reparameterize_with_se(arch):
     ses = se_modules(model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         reparameterize_model(model, inplace=True)
-        after = model(_x())
+        after = model(batch())
     blocks = [b for b in model.modules() if hasattr(b, "se_slot")]
     assert se_modules(model) == ses and len(blocks) == len(ses)
     assert all(b.reparam_conv is not None and not hasattr(b, "conv_kxk") for b in blocks)  # one conv per block
@@ -136,12 +124,12 @@ def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
     ours = timm.create_model("se_plugin_resnext26ts").eval()
     ours.load_state_dict(timm_se.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), timm_se(_x()))
+        assert torch.equal(ours(batch()), timm_se(batch()))
     torch.save(timm_se.state_dict(), tmp_path / "seresnext26ts.pth")
     overlay = dict(file=str(tmp_path / "seresnext26ts.pth"))
     loaded = timm.create_model("se_plugin_resnext26ts", pretrained=True, pretrained_cfg_overlay=overlay).eval()
     with torch.no_grad():
-        assert torch.equal(loaded(_x()), timm_se(_x()))
+        assert torch.equal(loaded(batch()), timm_se(batch()))
 
 
 def test_options_and_errors():
@@ -157,59 +145,29 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), base(_x()))
+        assert torch.equal(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_intermediates_match(ours, base, batch())
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model("se_plugin_gernet_s", num_classes=5, se_init="random"))  # all block kinds
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{ARCH}", se_init="random")), x)
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(x), model(x))
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    graph(x).sum().backward()
-    se_names = tuple(f"{n}." for n in se_modules(model))
-    assert all(p.grad is not None for n, p in graph.named_parameters() if n.startswith(se_names))
-    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".attn.fc1.weight") for k in fx_feats.state_dict()) == 22
+    fx_matches_eager(model, x, grad_modes=(True,))
+    compile_matches_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}", ".attn.fc1.weight") == 22
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 22
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for m in se_modules(detector).values() for p in m.parameters())
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 22
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for m in se_modules(unet).values() for p in m.parameters())
+    detector_trains_one_step(f"se_plugin_{ARCH}", 22)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 22)

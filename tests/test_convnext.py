@@ -4,35 +4,32 @@ import copy
 import re
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
-from timm.layers import make_divisible
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    pretrained_from_base,
+    se_params,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "convnext_atto"  # depths (2, 2, 6, 2), dims (40, 80, 160, 320)
 V2 = "convnextv2_atto"
-_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _se_params(channels: int, reduction: float = 16) -> int:
-    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -58,8 +55,8 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     widths = [40] * 2 + [80] * 2 + [160] * 6 + [320] * 2  # one SE per block, on the block's width
-    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 51_888
-    assert _count(base) == 3_695_520
+    assert count_params(ours) - count_params(base) == sum(se_params(c) for c in widths) == 51_888
+    assert count_params(base) == 3_695_520
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -67,18 +64,10 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = _trained_like(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert same_ops_close(model(_x()), before)  # the fused add is one addcmul instead of mul + add
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # the fused add is one addcmul instead of mul + add
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
-    assert new == {f"stages.0.blocks.0.se.{p}" for p in _SE_KEYS}
+    assert new == {f"stages.0.blocks.0.se.{p}" for p in SE_KEYS}
 
 
 def _branch(b: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -129,13 +118,13 @@ def test_torchvision_convnext(position):
     model = _torchvision_convnext()
     before_state = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model, position=position)
-        assert same_ops_close(model(_x()), before)
+        assert same_ops_close(model(batch()), before)
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
     assert {k for k in set(state) - set(before_state) if k.startswith("features.3.1.")} == {
-        f"features.3.1.se.{p}" for p in _SE_KEYS
+        f"features.3.1.se.{p}" for p in SE_KEYS
     }
     assert [se.channels for se in se_modules(model).values()] == [16, 16, 32, 32, 64, 64, 128, 128]
     random_se(model)
@@ -159,10 +148,10 @@ def test_torchvision_convnext(position):
 def test_torchvision_convnext_torchscript_and_fx():
     torch.manual_seed(0)
     model = random_se(add_se(_torchvision_convnext(), init="random"))
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     graph = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
+        assert same_ops_close(graph(batch()), model(batch()))
 
 
 def test_fused_equals_plain_forward_and_backward():
@@ -172,9 +161,9 @@ def test_fused_equals_plain_forward_and_backward():
     plain = copy.deepcopy(model)
     set_se_fused(plain, False)
     with torch.no_grad():
-        assert same_ops_close(model(_x()), plain(_x()))
-    model.train()(_x()).sum().backward()
-    plain.train()(_x()).sum().backward()
+        assert same_ops_close(model(batch()), plain(batch()))
+    model.train()(batch()).sum().backward()
+    plain.train()(batch()).sum().backward()
     for (name, a), b in zip(model.named_parameters(), plain.parameters(), strict=True):
         assert same_ops_close(a.grad, b.grad), name
 
@@ -193,23 +182,14 @@ def test_options_and_errors():
 
 @pytest.mark.parametrize("arch", [ARCH, V2])
 def test_pretrained_base_weights_through_timm(arch, tmp_path):
-    torch.manual_seed(0)
-    torch.save(_trained_like(timm.create_model(arch)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(arch, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{arch}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(arch, tmp_path, prepare=_trained_like)
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_intermediates_match(ours, base, batch(), exact=False)
 
 
 def _to_facebook_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -235,48 +215,24 @@ def test_timm_checkpoint_filter_runs_before_ours(tmp_path):
     state = ours.state_dict()
     assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(_trained_like(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random")))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{V2}", features_only=True, se_init="random")), x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx_feats.state_dict()) == 12
+    fx_matches_eager(model, x)
+    compile_matches_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 12
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
     # ConvNeXt has four feature levels (strides 4..32), not the default's five: the FPN takes levels 1..3
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   out_indices=(1, 2, 3), rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 12
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
+    detector_trains_one_step(f"se_plugin_{ARCH}", 12, out_indices=(1, 2, 3))
     # ConvNeXt's features start at stride 4: smp's timm encoder adds the stride-2 level itself
-    unet = smp.Unet(f"tu-se_plugin_{V2}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 12
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    unet_trains_one_step(f"tu-se_plugin_{V2}", 12)

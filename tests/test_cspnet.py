@@ -2,37 +2,32 @@
 block's own attention slot (``attn`` in Dark/Edge blocks, ``attn2`` in Bottlenecks) as timm's SE variants have it.
 """
 
-import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
-from timm.layers import make_divisible
 from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
-from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.conftest import random_se, randomize_norm_stats
+from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    pretrained_from_base,
+    se_params,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "cs3darknet_s"  # DarkBlocks, depths (1, 3, 4, 1), middle widths (32, 64, 128, 256)
 _SLOTS = ("attn", "attn2", "attn3")
-_SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _se_params(channels: int, reduction: float = 16) -> int:
-    hidden = make_divisible(channels / reduction, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def _builds_attention(arch: str) -> bool:
@@ -55,8 +50,8 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
     widths = [32] + [64] * 3 + [128] * 4 + [256]  # one SE per DarkBlock, on its middle channels
-    assert _count(ours) - _count(base) == sum(_se_params(c) for c in widths) == 21_040
-    assert _count(base) == 3_276_344
+    assert count_params(ours) - count_params(base) == sum(se_params(c) for c in widths) == 21_040
+    assert count_params(base) == 3_276_344
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -64,16 +59,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # gates are exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # gates are exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     slot = "attn2" if arch == "cspresnet50" else "attn"
     new = {k for k in set(state) - set(before_state) if k.startswith("stages.0.blocks.0.")}
     assert new == {
@@ -107,7 +94,7 @@ def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
     ours = timm.create_model("se_plugin_cs3darknet_l", se_reduction=4).eval()
     ours.load_state_dict(timm_se.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), timm_se(_x()))
+        assert torch.equal(ours(batch()), timm_se(batch()))
     torch.save(timm_se.state_dict(), tmp_path / "cs3sedarknet_l.pth")
     overlay = dict(file=str(tmp_path / "cs3sedarknet_l.pth"))
     loaded = timm.create_model(
@@ -115,7 +102,7 @@ def test_timm_se_variant_loads_strictly_with_identical_outputs(tmp_path):
     )
     loaded.eval()
     with torch.no_grad():
-        assert torch.equal(loaded(_x()), timm_se(_x()))
+        assert torch.equal(loaded(batch()), timm_se(batch()))
 
 
 def test_options_and_errors():
@@ -134,59 +121,29 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{p}" for n in se_modules(ours) for p in _SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), base(_x()))
+        assert torch.equal(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_intermediates_match(ours, base, batch())
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
     assert_scripted_matches(random_se(timm.create_model(f"se_plugin_{ARCH}", features_only=True, se_init="random")), x)
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(x), model(x))
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    graph(x).sum().backward()
-    se_names = tuple(f"{n}." for n in se_modules(model))
-    assert all(p.grad is not None for n, p in graph.named_parameters() if n.startswith(se_names))
-    fx_feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".attn.fc1.weight") for k in fx_feats.state_dict()) == 9
+    fx_matches_eager(model, x, grad_modes=(True,))
+    compile_matches_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}", ".attn.fc1.weight") == 9
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 9
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for m in se_modules(detector).values() for p in m.parameters())
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 9
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for m in se_modules(unet).values() for p in m.parameters())
+    detector_trains_one_step(f"se_plugin_{ARCH}", 9)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 9)

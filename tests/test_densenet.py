@@ -7,7 +7,6 @@ SE sits on each dense layer's output, the ``growth_rate`` new feature maps, befo
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -16,16 +15,25 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.models import densenet as se_densenet
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 # a small DenseNet of the same code (growth 8, two layers per block, a 16-channel stem), for the tests that run it
 TINY = dict(growth_rate=8, block_config=(2, 2, 2, 2), bn_size=2)
 TINY_TV = dict(TINY, num_init_features=16)  # timm's stem is 2 x growth_rate
-SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 
 def _models():
@@ -33,14 +41,6 @@ def _models():
         "timm": lambda: timm.create_model("densenet121", num_classes=5, **TINY),
         "torchvision": lambda: torchvision.models.DenseNet(num_classes=5, **TINY_TV),
     }
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
 
 
 def test_registry_and_model_args_match_timm():
@@ -66,8 +66,9 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model("densenet121"), timm.create_model("se_plugin_densenet121")
         tv = add_se(torchvision.models.densenet121())
-    assert expected == 32_016 and _count(ours) - _count(base) == expected and _count(base) == 7_978_856
-    assert _count(tv) == _count(ours)
+    assert expected == 32_016 and count_params(ours) - count_params(base) == expected
+    assert count_params(base) == 7_978_856
+    assert count_params(tv) == count_params(ours)
     assert {(se.channels, se.hidden_channels) for se in se_modules(ours).values()} == {(32, 8)}
 
 
@@ -75,16 +76,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)  # position=None: the family's own, "post"
-        assert torch.equal(model(_x()), before)  # gate exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, "post"; gate exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k not in before_state} == {
         f"features.denseblock{b}.denselayer{i}.se.{p}" for b in (1, 2, 3, 4) for i in (1, 2) for p in SE_KEYS
     }
@@ -126,33 +119,25 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "densenet121_tiny.pth"
-    torch.save(randomize_norm_stats(timm.create_model("densenet121", **TINY)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **TINY)
-    base = timm.create_model("densenet121", **kwargs).eval()
-    ours = timm.create_model("se_plugin_densenet121", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base("densenet121", tmp_path, **TINY)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state} == {
         f"features.denseblock{b}.denselayer{i}.se.{p}" for b in (1, 2, 3, 4) for i in (1, 2) for p in SE_KEYS
     }
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert torch.equal(ours(_x()), base(_x()))
+        assert torch.equal(ours(batch()), base(batch()))
         feats = timm.create_model("se_plugin_densenet121", features_only=True, **kwargs).eval()
         base_feats = timm.create_model("densenet121", features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 8
-        assert all(torch.equal(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_intermediates_match(ours, base, batch())
     # a fine-tuned twin's own checkpoint (SE keys included) loads back through the same mechanism
     torch.save(random_se(ours).state_dict(), tmp_path / "twin.pth")
     again = timm.create_model("se_plugin_densenet121", pretrained=True, **TINY,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "twin.pth"))).eval()  # fmt: skip
     with torch.no_grad():
-        assert torch.equal(again(_x()), ours(_x()))
+        assert torch.equal(again(batch()), ours(batch()))
 
 
 @pytest.mark.slow
@@ -164,16 +149,10 @@ def test_torchscript_and_fx_match_eager(kind):
         "timm_features": lambda: timm.create_model("se_plugin_densenet121", features_only=True, **TINY),
     }[kind]
     model = random_se(add_se(build(), init="random") if kind != "timm_features" else build())
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     if kind == "timm_features":
         return
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, batch())
 
 
 @pytest.mark.parametrize("kind", list(_models()))
@@ -188,40 +167,23 @@ def test_memory_efficient_checkpointing_trains_the_same(kind):
         if hasattr(m, "grad_checkpointing") and hasattr(m, "bottleneck_fn"):
             m.grad_checkpointing = True
     for model in (plain, efficient):
-        model(_x()).sum().backward()
+        model(batch()).sum().backward()
     for (name, a), b in zip(plain.named_parameters(), efficient.parameters(), strict=True):
         assert same_ops_close(b.grad, a.grad), name
 
 
 def test_export_matches_eager():
     model = random_se(timm.create_model("se_plugin_densenet121", num_classes=5, se_init="random", **TINY))
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(exported.module()(_x()), model(_x()))
+        assert same_ops_close(exported.module()(batch()), model(batch()))
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn("se_plugin_densenet121", num_classes=3, fpn_channels=32, min_size=64,
-                                   max_size=96, backbone_kwargs=TINY, rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 8
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet("tu-se_plugin_densenet121", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 58 and list(unet.encoder.out_channels) == [3, 64, 256, 512, 1024, 1024]
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step("se_plugin_densenet121", 8, backbone_kwargs=TINY)
+    unet = unet_trains_one_step("tu-se_plugin_densenet121", 58)
+    assert list(unet.encoder.out_channels) == [3, 64, 256, 512, 1024, 1024]
     # smp's own DenseNet encoders are torchvision's DenseNet
     native = se_unet("densenet121", 2, se_decoder=False)
     assert (

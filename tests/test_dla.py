@@ -3,30 +3,32 @@
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    fx_matches_eager,
+    pretrained_from_base,
+    se_params,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "dla46_c"  # DlaBottleneck, 1.3 M parameters
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 # one arch per block class: DlaBottleneck, DlaBasic, DlaBottle2neck
 ARCHS = [ARCH, "dla34", "dla60_res2next"]
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -36,10 +38,10 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="dla"))
     with torch.device("meta"):
         base, ours = timm.create_model("dla34"), timm.create_model("se_plugin_dla34")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # dla34: two BasicBlocks per level-1 tree (level2, level5), four in the level-2 trees (level3, level4)
-    expected = sum(n * _se_params(c) for n, c in zip((2, 4, 4, 2), (64, 128, 256, 512), strict=True))
-    assert count(ours) - count(base) == expected == 111_408 and count(base) == 15_742_104
+    expected = sum(n * se_params(c) for n, c in zip((2, 4, 4, 2), (64, 128, 256, 512), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 111_408
+    assert count_params(base) == 15_742_104
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -47,16 +49,8 @@ def test_registry_and_parameter_counts():
 def test_identity_init_keeps_outputs_and_keys(arch, position):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model, position=position)
-        assert torch.equal(model(_x()), before)  # the branch as timm runs it, gates exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # the branch as timm runs it, gates exactly 1
+    state, before_state = assert_identity_init(model, batch(), position=position)
     assert {k for k in set(state) - set(before_state) if k.startswith("level3.tree1.tree1.")} == {
         f"level3.tree1.tree1.se.{k}" for k in SE_KEYS
     }
@@ -99,7 +93,7 @@ def test_fused_equals_plain():
     plain = set_se_fused(copy.deepcopy(fused), False)
     with torch.no_grad():
         # addcmul vs multiply-then-add: one rounding per block, far below this model's 1e-5 relative bound
-        assert same_ops_close(fused(_x()), plain(_x()))
+        assert same_ops_close(fused(batch()), plain(batch()))
 
 
 def test_options_and_errors():
@@ -113,22 +107,13 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    # timm loads DLA non-strictly: check strictness here, every base key and nothing else but SE
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
+    # timm loads DLA non-strictly: the helper checks strictness (every base key, nothing else but SE)
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 12 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
@@ -140,42 +125,16 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)  # DlaTree calls the SE forward with timm's (x, shortcut, children)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x)
     if arch == ARCH:
-        with torch.no_grad():
-            assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-        fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-        assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 12
+        compile_matches_eager(model, x)
+        assert fx_features_se_count(f"se_plugin_{ARCH}") == 12
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
     # DLA's feature indices 2..5 are strides 4..32 (0 and 1: the stride-1 and stride-2 conv levels)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   out_indices=(2, 3, 4, 5), rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 12
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 12
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 12, out_indices=(2, 3, 4, 5))
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 12)

@@ -7,29 +7,29 @@ residual path); the dense path (``x_s2``, the new channels ``out2``) is carried 
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.test_torchscript import assert_scripted_matches
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    pretrained_from_base,
+    script_fx_and_compile_match_eager,
+    se_params,
+    unet_trains_one_step,
+)
 
 ARCH = "dpn48b"  # "b" blocks (separate 1x1 convs for the two paths)
 ARCHS = [ARCH, "dpn68"]  # and the shared last 1x1 conv, split in two
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -39,26 +39,18 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="dpn"))
     with torch.device("meta"):
         base, ours = timm.create_model("dpn68"), timm.create_model("se_plugin_dpn68")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # dpn68: k_sec (3, 4, 12, 3) blocks, residual-path width num_1x1_c = 64 * 2**i (small: bw_factor 1)
-    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
-    assert count(ours) - count(base) == expected == 213_528 and count(base) == 12_611_602
+    expected = sum(n * se_params(c) for n, c in zip((3, 4, 12, 3), (64, 128, 256, 512), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 213_528
+    assert count_params(base) == 12_611_602
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # timm's ops in timm's order, gates exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # timm's ops in timm's order, gates exactly 1
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k.startswith("features.conv3_1.se.")} == {f"features.conv3_1.se.{k}" for k in SE_KEYS}
     assert all(".se." in k for k in set(state) - set(before_state))
 
@@ -90,7 +82,7 @@ def test_fused_equals_plain():
     fused = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
     plain = set_se_fused(copy.deepcopy(fused), False)
     with torch.no_grad():
-        assert same_ops_close(fused(_x()), plain(_x()))  # addcmul vs multiply-then-add: one rounding per block
+        assert same_ops_close(fused(batch()), plain(batch()))  # addcmul vs multiply-then-add: one rounding per block
 
 
 def test_options_and_errors():
@@ -104,21 +96,12 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
-    x = _x()
+    x = batch()
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         # timm's flattened feature wrapper names the blocks features_conv2_1 ...: the stages still come out
@@ -133,39 +116,12 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
-    assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+    x = batch()
+    script_fx_and_compile_match_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 16
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 16
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 16)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 16)

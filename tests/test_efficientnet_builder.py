@@ -5,10 +5,8 @@ MBConv), and torchvision's MNASNet: SE fills each block's own slot, after the de
 conv), on the expanded channels, before the linear projection, as MobileNetV3/MnasNet-A1/EfficientNet have it.
 """
 
-import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -17,9 +15,18 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 # the timm efficientnet-builder families that have archs without SE, and their SE'd relatives
@@ -31,14 +38,6 @@ ONE_PER_FAMILY = ["mobilenetv1_100", "mnasnet_050", "fbnetc_100", "spnasnet_100"
 REP = "efficientnet_lite0"
 # efficientnet_lite0's arch def (repeats, output width, expansion) after a 32-channel stem
 LITE0_STAGES = [(1, 16, 1), (2, 24, 6), (2, 40, 6), (3, 80, 6), (3, 112, 6), (4, 192, 6), (1, 320, 6)]
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0, size: int = 64) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _slots(arch: str) -> list[nn.Module]:
@@ -78,24 +77,15 @@ def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = timm.create_model(REP), timm.create_model(f"se_plugin_{REP}")
     assert [se.channels for se in se_modules(ours).values()] == widths and len(widths) == 16
-    assert _count(base) == 4_652_008 and _count(ours) - _count(base) == expected == 948_536
+    assert count_params(base) == 4_652_008 and count_params(ours) - count_params(base) == expected == 948_536
 
 
 @pytest.mark.parametrize("arch", ONE_PER_FAMILY)
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert same_ops_close(model(_x()), before)
-        assert len(se_modules(model)) == len(_slots(arch))  # every block, residual add or not
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
+    assert len(se_modules(model)) == len(_slots(arch))  # every block, residual add or not
     assert all(".se." in k for k in set(state) - set(before_state))
 
 
@@ -104,9 +94,9 @@ def test_torchvision_mnasnet(rng_input):
     model = randomize_norm_stats(torchvision.models.mnasnet0_5(num_classes=5)).eval()
     keys = set(model.state_dict())
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model)
-        assert torch.equal(model(_x()), before)  # x * 1 == x
+        assert torch.equal(model(batch()), before)  # x * 1 == x
     assert len(se_modules(model)) == 16  # the 16 inverted residuals (the stem's separable conv is no block)
     assert {k for k in model.state_dict() if k not in keys and k.startswith("layers.8.0.")} == {
         f"layers.8.0.se.{p}" for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
@@ -120,10 +110,10 @@ def test_torchvision_mnasnet(rng_input):
             torch.testing.assert_close(block(x), block.layers[6:](mid) + (x if residual else 0), rtol=0, atol=0)
     with pytest.raises(ValueError, match="cannot tell the stage of block 'layers.8.0'"):
         add_se(torchvision.models.mnasnet0_5(), stages=(2,))
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     graph = torch.fx.symbolic_trace(model)
     with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
+        assert same_ops_close(graph(batch()), model(batch()))
 
 
 def test_se_sits_in_the_slot(rng_input):
@@ -161,28 +151,20 @@ def test_stages_per_model_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / f"{REP}.pth"
-    torch.save(randomize_norm_stats(timm.create_model(REP)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    base = timm.create_model(REP, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{REP}", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(REP, tmp_path)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state and k.startswith("blocks.1.0.")} == {
         f"blocks.1.0.se.{p}" for p in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
     }
     assert all(".se." in k for k in set(ours_state) - set(state))
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{REP}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(REP, features_only=True, **kwargs).eval()
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 16
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_intermediates_match(ours, base, batch(), exact=False)
 
 
 @pytest.mark.slow
@@ -190,14 +172,8 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
-    assert_scripted_matches(model, _x())
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    assert_scripted_matches(model, batch())
+    fx_matches_eager(model, batch())
 
 
 def test_fx_features_and_export():
@@ -208,33 +184,16 @@ def test_fx_features_and_export():
     assert sum(".se.fc1.weight" in k for k in fx.state_dict()) == len(se_modules(listed)) == 16
     fx.load_state_dict({f"graph_module.{k}": v for k, v in listed.state_dict().items()})
     with torch.no_grad():
-        assert all(same_ops_close(a, b) for a, b in zip(fx.eval()(_x()), listed(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(fx.eval()(batch()), listed(batch()), strict=True))
     model = random_se(timm.create_model("se_plugin_mobilenetv1_100", num_classes=5, se_init="random"))
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(exported.module()(_x()), model(_x()))
+        assert same_ops_close(exported.module()(batch()), model(batch()))
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{REP}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 16
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{REP}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 16
+    detector_trains_one_step(f"se_plugin_{REP}", 16)
+    unet = unet_trains_one_step(f"tu-se_plugin_{REP}", 16)
     assert list(unet.encoder.out_channels[1:]) == [16, 24, 40, 112, 320]
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
     assert has_se(unet.encoder)

@@ -5,23 +5,32 @@ from HRNet's names (``layer1``, ``stageN.<module>.branches.<b>.<i>``; the head's
 """
 
 import collections
-import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.insert.timm_resnet import stage_from_resnet_or_hrnet_name
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    se_params,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "hrnet_w18_small"
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 # hrnet_w18_small's residual blocks by stage: (count, SE channels) from timm's cfg (BASIC: width, BOTTLENECK: 4x)
 BLOCKS = {
     1: [(1, 4 * 32)],  # layer1: one Bottleneck
@@ -31,15 +40,6 @@ BLOCKS = {
 }
 
 
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
-
-
 def test_registry_and_parameter_counts():
     bases = [n for n in timm.list_models(module="hrnet") if not n.startswith("se_plugin_")]
     names = timm.list_models("se_plugin_hrnet*")
@@ -47,9 +47,9 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="hrnet"))
     with torch.device("meta"):
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    expected = sum(n * _se_params(c) for blocks in BLOCKS.values() for n, c in blocks)
-    assert count(ours) - count(base) == expected == 192_048 and count(base) == 13_187_464
+    expected = sum(n * se_params(c) for blocks in BLOCKS.values() for n, c in blocks)
+    assert count_params(ours) - count_params(base) == expected == 192_048
+    assert count_params(base) == 13_187_464
 
 
 def test_stage_names_for_resnets_and_hrnet():
@@ -67,16 +67,7 @@ def test_stage_names_for_resnets_and_hrnet():
 def test_identity_init_keeps_outputs_and_keys():
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(ARCH, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert same_ops_close(model(_x()), before)
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     new = set(state) - set(before_state)
     assert {k for k in new if k.startswith("stage3.0.branches.2.1.")} == {
         f"stage3.0.branches.2.1.se.{k}" for k in SE_KEYS
@@ -97,20 +88,11 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_and_features(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
-    x = _x()
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
+    x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
         # timm's own HighResolutionNetFeatures (loaded non-strictly: no classifier), and a generic wrapper
         for feature_kwargs in (dict(), dict(feature_cls="getter")):
             feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **feature_kwargs, **kwargs).eval()
@@ -127,42 +109,18 @@ def test_pretrained_base_weights_and_features(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     # timm's HRNet does not script (its SequentialList takes a list; timm's tests exclude hrnet* from TorchScript):
     # the SE blocks do, in each branch
     with pytest.raises(RuntimeError, match="SequentialList"):
         torch.jit.script(timm.create_model(ARCH))
     for block in (model.layer1[0], model.stage4[0].branches[3][1], model.incre_modules[0][0]):
         assert_scripted_matches(block, torch.randn(2, block.conv1.in_channels, 8, 8))
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    fx_matches_eager(model, x)
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 23
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 23
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 23)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 23)

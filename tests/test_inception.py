@@ -5,11 +5,9 @@ Inception nets need inputs of at least 75 px: the tests run one 80 px forward pe
 meta device.
 """
 
-import copy
 import importlib
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -17,8 +15,15 @@ from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    assert_identity_init,
+    assert_intermediates_match,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv3 = importlib.import_module("timm.models.inception_v3")  # the attribute of timm.models is the entrypoint
@@ -33,10 +38,6 @@ SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 def _x(seed: int = 0, size: int = 80) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _se_params(widths: list[int], reduction: int = 16) -> int:
@@ -79,26 +80,18 @@ def test_parameter_counts_from_widths():
         googlenet = add_se(torchvision.models.googlenet(init_weights=False))
     assert [se.channels for se in se_modules(ours).values()] == INCEPTION_V3_WIDTHS
     assert _se_params(INCEPTION_V3_WIDTHS) == 1_659_312
-    assert _count(base) == 23_834_568 and _count(ours) - _count(base) == 1_659_312
-    assert _count(tv) - _count(tv_base) == 1_659_312  # torchvision's modules have the same widths
+    assert count_params(base) == 23_834_568 and count_params(ours) - count_params(base) == 1_659_312
+    assert count_params(tv) - count_params(tv_base) == 1_659_312  # torchvision's modules have the same widths
     assert [se.channels for se in se_modules(googlenet).values()] == GOOGLENET_WIDTHS
-    assert _count(googlenet) - _count(googlenet_base) == _se_params(GOOGLENET_WIDTHS) == 494_288
+    assert count_params(googlenet) - count_params(googlenet_base) == _se_params(GOOGLENET_WIDTHS) == 494_288
 
 
 @pytest.mark.parametrize("kind", list(_models()))
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)  # position=None: the family's own, the module output
-        assert torch.equal(model(_x()), before)  # every gate exactly 1: x * 1 == x in IEEE
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, the module output; every gate exactly 1: x * 1 == x in IEEE
+    state, before_state = assert_identity_init(model, _x())
     first = "inception3a" if kind == "googlenet" else "Mixed_5b"
     assert {k for k in state if k.startswith(f"{first}.se.")} == {f"{first}.se.{s}" for s in SE_SUFFIXES}
     assert set(state) - set(before_state) == {f"{name}.{s}" for name in se_modules(model) for s in SE_SUFFIXES}
@@ -163,9 +156,7 @@ def test_pretrained_base_weights_features_and_intermediates(base_file):
     base = timm.create_model("inception_v3.tv_in1k", **kwargs).eval()
     with torch.no_grad():
         assert torch.equal(ours(_x()), base(_x()))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        _, inter = assert_intermediates_match(ours, base, _x())
         feats = timm.create_model("se_plugin_inception_v3", features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 11 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         assert all(torch.equal(a, b) for a, b in zip(feats(_x()), inter, strict=True))
@@ -176,13 +167,7 @@ def test_torchscript_and_fx_match_eager():
     torch.manual_seed(0)
     timm_model = random_se(timm.create_model("se_plugin_inception_v3", num_classes=5, se_init="random"))
     assert_scripted_matches(timm_model, _x())
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(timm_model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), timm_model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(timm_model, _x())
     # torchvision's Inception3 scripts with its own eager_outputs: scripted, it returns the (logits, aux) tuple
     tv = random_se(add_se(_models()["torchvision"](), init="random"))
     with torch.no_grad(), pytest.warns(UserWarning, match="Scripted Inception3 always returns"):
@@ -200,22 +185,8 @@ def test_export_matches_eager():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn("se_plugin_inception_v3", num_classes=3, fpn_channels=32, min_size=96, max_size=128,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 11  # out_indices (1, 2, 3, 4) keep every Inception module
+    big = dict(size=(96, 128), box=(8.0, 8.0, 60.0, 70.0))
+    detector = detector_trains_one_step("se_plugin_inception_v3", 11, **big)  # out_indices (1, 2, 3, 4): every module
     assert detector.backbone.strides == [4, 8, 16, 32]
-    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 70.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
     # valid-padded maps (96 px: 45, 20, 9, 4, 1) still feed smp's decoder, which resizes to each skip
-    unet = smp.Unet("tu-se_plugin_inception_v3", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 11
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2, 96)), torch.zeros(2, 96, 96, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    unet_trains_one_step("tu-se_plugin_inception_v3", 11, size=96)

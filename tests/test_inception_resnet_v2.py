@@ -4,15 +4,14 @@ add, as in SE-ResNet (``se_plugin_inception_resnet_v2`` and ``add_se``); the mix
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SE_POSITIONS, add_se, has_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import count_params, detector_trains_one_step, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "inception_resnet_v2"
@@ -23,10 +22,6 @@ SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 def _x(seed: int = 0, size: int = 80) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _branches(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +42,8 @@ def test_registry_and_parameter_count_from_widths():
     assert [se.channels for se in se_modules(ours).values()] == WIDTHS
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in WIDTHS]
     expected = sum(2 * c * h + h + c for c, h in zip(WIDTHS, hidden, strict=True))
-    assert expected == 8_660_560 and _count(base) == 55_843_464 and _count(ours) - _count(base) == expected
+    assert expected == 8_660_560 and count_params(base) == 55_843_464
+    assert count_params(ours) - count_params(base) == expected
     assert not any(n.startswith("mixed_") for n in se_modules(ours))  # the non-residual modules get none
 
 
@@ -145,20 +141,5 @@ def test_torchscript_fx_and_export_match_eager():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=96, max_size=128,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 40
-    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 70.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 40
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2, 96)), torch.zeros(2, 96, 96, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 40, size=(96, 128), box=(8.0, 8.0, 60.0, 70.0))
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 40, size=96)

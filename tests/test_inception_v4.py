@@ -1,7 +1,6 @@
 """SE-Inception-v4: SE on the output of every Inception and Reduction module of timm's ``inception_v4``
 (``se_plugin_inception_v4`` and ``add_se``), stages by the grid each module outputs."""
 
-import copy
 import importlib
 
 import pytest
@@ -12,6 +11,7 @@ from timm.layers import make_divisible
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SEOutputBlock, add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import assert_identity_init, assert_intermediates_match, count_params, fx_matches_eager
 from tests.test_torchscript import assert_scripted_matches
 
 timm_iv4 = importlib.import_module("timm.models.inception_v4")  # the attribute of timm.models is the entrypoint
@@ -26,10 +26,6 @@ def _x(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 80, 80, generator=torch.Generator().manual_seed(seed))
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_registry_and_parameter_count_from_widths():
     assert timm.list_models("se_plugin_inception_v4*") == ["se_plugin_inception_v4"]
     assert "se_plugin_inception_v4" in timm.list_models(module="inception_v4")
@@ -38,22 +34,15 @@ def test_registry_and_parameter_count_from_widths():
     assert [se.channels for se in se_modules(ours).values()] == WIDTHS
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in WIDTHS]
     expected = sum(2 * c * h + h + c for c, h in zip(WIDTHS, hidden, strict=True))
-    assert expected == 2_346_736 and _count(base) == 42_679_816 and _count(ours) - _count(base) == expected
+    assert expected == 2_346_736 and count_params(base) == 42_679_816
+    assert count_params(ours) - count_params(base) == expected
 
 
 def test_identity_init_keeps_outputs_and_keys():
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model("inception_v4", num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # every gate exactly 1: x * 1 == x in IEEE
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # every gate exactly 1: x * 1 == x in IEEE
+    state, before_state = assert_identity_init(model, _x())
     assert set(state) - set(before_state) == {f"features.{i}.se.{s}" for i in range(3, 22) for s in SE_SUFFIXES}
 
 
@@ -92,9 +81,7 @@ def test_pretrained_base_weights_features_and_intermediates(tmp_path):
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
         assert torch.equal(ours(_x()), base(_x()))
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        _, inter = assert_intermediates_match(ours, base, _x())
         feats = timm.create_model("se_plugin_inception_v4", features_only=True, **kwargs).eval()
         assert has_se(feats) and len(se_modules(feats)) == 19 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
         assert all(torch.equal(a, b) for a, b in zip(feats(_x()), inter, strict=True))
@@ -105,8 +92,4 @@ def test_torchscript_and_fx_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model("se_plugin_inception_v4", num_classes=5, se_init="random"))
     assert_scripted_matches(model, _x())
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, _x(), grad_modes=(True,))

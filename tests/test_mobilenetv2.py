@@ -7,7 +7,6 @@ expanded channels, before the linear projection, in every block (with or without
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -15,9 +14,16 @@ from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    assert_intermediates_match,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 SMALL_ARCH = "mobilenetv2_050"
@@ -30,10 +36,6 @@ def _models():
         "timm": lambda: timm.create_model(SMALL_ARCH, num_classes=5),
         "torchvision": lambda: torchvision.models.mobilenet_v2(num_classes=5, width_mult=0.5),
     }
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,8 @@ def test_parameter_count_from_widths():
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in MOBILENETV2_100_SE_WIDTHS]  # SqueezeExcite's rule
     expected = sum(2 * c * h + h + c for c, h in zip(MOBILENETV2_100_SE_WIDTHS, hidden, strict=True))
     assert expected == 613_320
-    assert _count(ours) - _count(base) == expected and _count(base) == 3_504_872
-    assert _count(tv) == _count(ours)  # torchvision's MobileNetV2 has the same widths
+    assert count_params(ours) - count_params(base) == expected and count_params(base) == 3_504_872
+    assert count_params(tv) == count_params(ours)  # torchvision's MobileNetV2 has the same widths
     assert [se.channels for se in se_modules(ours).values()] == MOBILENETV2_100_SE_WIDTHS
 
 
@@ -138,9 +140,7 @@ def test_pretrained_base_weights_through_timm(base_file):
         assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and has_se(feats)
         for a, b in zip(feats(x), base_feats(x), strict=True):
             assert same_ops_close(a, b)
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
 
 
 @pytest.mark.slow
@@ -161,12 +161,7 @@ def test_fx_trace_matches_eager_and_trains(kind, grad, rng_input):
     torch.manual_seed(0)
     model = random_se(add_se(_models()[kind](), init="random"))
     x = rng_input(2, 3, 64, 64)
-    with torch.set_grad_enabled(grad):
-        graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x, grad_modes=(grad,))
 
 
 def test_fx_features_have_se(rng_input):
@@ -184,32 +179,13 @@ def test_compile_fullgraph(rng_input):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{SMALL_ARCH}", num_classes=5, se_init="random"))
     x = rng_input(2, 3, 64, 64)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{SMALL_ARCH}", num_classes=3, fpn_channels=32, min_size=64,
-                                   max_size=96, rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 17
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{SMALL_ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 17
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(unet.train()(x), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{SMALL_ARCH}", 17)
+    unet_trains_one_step(f"tu-se_plugin_{SMALL_ARCH}", 17)
 
 
 def test_se_unet_with_mobilenet_encoders():

@@ -4,18 +4,25 @@ SE sits after the 3x3 group conv, before the last 1x1 conv, with hidden width ``
 r=4 is RegNetY, so ``regnety_002`` (the same widths as ``regnetx_002``) loads strictly into the twin.
 """
 
-import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    assert_identity_init,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "regnetx_002"
@@ -28,14 +35,6 @@ def _models():
     }
 
 
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
 def test_registry_and_parameter_counts():
     names = timm.list_models("se_plugin_regnetx_*")
     assert names == [f"se_plugin_{b}" for b in timm.list_models("regnetx_*")] and len(names) == 13
@@ -44,8 +43,9 @@ def test_registry_and_parameter_counts():
         base, ours = timm.create_model(ARCH), timm.create_model(f"se_plugin_{ARCH}")
         as_y = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4)
         regnety = timm.create_model("regnety_002")
-    assert _count(base) == 2_684_792 and _count(ours) - _count(base) == 123_034 and len(se_modules(ours)) == 13
-    assert _count(as_y) == _count(regnety) == 3_162_996
+    assert count_params(base) == 2_684_792 and count_params(ours) - count_params(base) == 123_034
+    assert len(se_modules(ours)) == 13
+    assert count_params(as_y) == count_params(regnety) == 3_162_996
     # on the bottleneck channels (24), hidden width from the block input width (the stem's 32): round(32 / 4)
     assert (as_y.s1.b1.se.channels, as_y.s1.b1.se.hidden_channels) == (24, 8)
     assert (as_y.s3.b2.se.channels, as_y.s3.b2.se.hidden_channels) == (152, 38)
@@ -57,46 +57,31 @@ def test_regnety_weights_load_strictly_with_identical_outputs(tmp_path):
     ours = timm.create_model(f"se_plugin_{ARCH}", se_reduction=4).eval()
     ours.load_state_dict(regnety.state_dict(), strict=True)
     with torch.no_grad():
-        assert torch.equal(ours(_x()), regnety(_x()))  # the plain SE forward is timm's SEModule, op for op
+        assert torch.equal(ours(batch()), regnety(batch()))  # the plain SE forward is timm's SEModule, op for op
     # and through timm's pretrained mechanism (timm's RegNet filter, then ours)
     torch.save(regnety.state_dict(), tmp_path / "regnety_002.pth")
     loaded = timm.create_model(f"se_plugin_{ARCH}", pretrained=True, se_reduction=4,
                                pretrained_cfg_overlay=dict(file=str(tmp_path / "regnety_002.pth"))).eval()  # fmt: skip
     with torch.no_grad():
-        assert torch.equal(loaded(_x()), regnety(_x()))
+        assert torch.equal(loaded(batch()), regnety(batch()))
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
 
 
 @pytest.mark.parametrize("kind", list(_models()))
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert same_ops_close(model(_x()), before)
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     assert all(".se." in k for k in set(state) - set(before_state))
 
 
@@ -132,36 +117,14 @@ def test_options_and_errors():
 def test_torchscript_fx_and_compile_match_eager(kind):
     torch.manual_seed(0)
     model = random_se(add_se(_models()[kind](), init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, x)
     if kind == "timm":
-        with torch.no_grad():
-            assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+        compile_matches_eager(model, x)
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 13
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 13
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 13)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 13)

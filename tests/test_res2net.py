@@ -3,10 +3,8 @@
 That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
 """
 
-import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
@@ -15,27 +13,28 @@ from timm.models.resnet import ResNet
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
-from tests.test_torchscript import assert_scripted_matches
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    batch,
+    count_params,
+    detector_trains_one_step,
+    fx_features_se_count,
+    pretrained_from_base,
+    script_fx_and_compile_match_eager,
+    se_params,
+    unet_trains_one_step,
+)
 
 ARCH = "res2net50_14w_8s"  # the smallest registered Res2Net
-SE_KEYS = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain"}
 
 
 def _tiny(**block_args) -> torch.nn.Module:
     """A one-block-per-stage Res2NeXt built the way timm builds its archs (ResNet + Bottle2neck)."""
     return ResNet(block=timm_res2net.Bottle2neck, layers=(1, 1, 1, 1), base_width=4, cardinality=4,
                   block_args=dict(scale=4, **block_args), num_classes=5)  # fmt: skip
-
-
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _se_params(channels: int, r: int = 16) -> int:
-    hidden = make_divisible(channels / r, 8, round_limit=0.0)
-    return 2 * channels * hidden + hidden + channels
 
 
 def test_registry_and_parameter_counts():
@@ -45,25 +44,17 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="res2net"))  # timm's module filter sees the twins
     with torch.device("meta"):
         base, ours = timm.create_model("res2net50_26w_4s"), timm.create_model("se_plugin_res2net50_26w_4s")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # SE on each block's output channels (planes * 4), ResNet-50's stage depths
-    expected = sum(n * _se_params(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
-    assert count(ours) - count(base) == expected == 2_530_992 and count(base) == 25_699_120
+    expected = sum(n * se_params(c) for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
+    assert count_params(ours) - count_params(base) == expected == 2_530_992
+    assert count_params(base) == 25_699_120
 
 
 def test_identity_init_keeps_outputs_and_keys():
     torch.manual_seed(0)
     model = randomize_norm_stats(_tiny()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # x * 1 == x: timm's own forward, gate exactly 1
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # x * 1 == x: timm's own forward, gate exactly 1
+    state, before_state = assert_identity_init(model, batch())
     assert set(state) - set(before_state) == {f"layer{s}.0.se.{k}" for s in range(1, 5) for k in SE_KEYS}
 
 
@@ -95,21 +86,12 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
-    assert {k for k in ours_state if k.startswith("layer1.0.se.")} == {f"layer1.0.se.{k}" for k in SE_KEYS}
-    assert set(ours_state) - set(state) == {f"{n}.{k}" for n in se_modules(ours) for k in SE_KEYS}
-    x = _x()
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
+    assert {k for k in ours.state_dict() if k.startswith("layer1.0.se.")} == {f"layer1.0.se.{k}" for k in SE_KEYS}
+    x = batch()
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
-        final, inter = ours.forward_intermediates(x)
-        base_final, base_inter = base.forward_intermediates(x)
-        assert all(same_ops_close(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, x, exact=False)
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert len(se_modules(feats)) == 16 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
@@ -120,39 +102,13 @@ def test_pretrained_base_weights_through_timm(tmp_path):
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(add_se(_tiny(), init="random"))
-    x = _x()
-    assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
-    fx = timm.create_model(f"se_plugin_{ARCH}", features_only=True, feature_cls="fx")
-    assert sum(k.endswith(".se.fc1.weight") for k in fx.state_dict()) == 16
+    x = batch()
+    script_fx_and_compile_match_eager(model, x)
+    assert fx_features_se_count(f"se_plugin_{ARCH}") == 16
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 16 and has_se(detector.backbone)
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 16
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.1)
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector = detector_trains_one_step(f"se_plugin_{ARCH}", 16)
+    assert has_se(detector.backbone)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 16)

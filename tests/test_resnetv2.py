@@ -3,25 +3,25 @@
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules, set_se_fused
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance, same_ops_close
+from tests.family_checks import (
+    assert_identity_init,
+    batch,
+    compile_matches_eager,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "resnetv2_18"
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _x(seed: int = 0, size: int = 64) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_registry_and_parameter_counts():
@@ -30,23 +30,15 @@ def test_registry_and_parameter_counts():
     assert set(names) <= set(timm.list_models(module="resnetv2"))
     with torch.device("meta"):
         base, ours = timm.create_model("resnetv2_50"), timm.create_model("se_plugin_resnetv2_50")
-    assert _count(base) == 25_549_352 and _count(ours) - _count(base) == 2_530_992  # ResNet-50's SE, same widths
+    assert count_params(base) == 25_549_352
+    assert count_params(ours) - count_params(base) == 2_530_992  # ResNet-50's SE, same widths
 
 
 @pytest.mark.parametrize("arch", [ARCH, "resnetv2_50d_gn"])
 def test_identity_init_keeps_outputs_and_keys(arch):
     torch.manual_seed(0)
     model = randomize_norm_stats(timm.create_model(arch, num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert same_ops_close(model(_x()), before)
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    state, before_state = assert_identity_init(model, batch(), exact=False)
     assert all(".se." in k for k in set(state) - set(before_state))
 
 
@@ -71,11 +63,11 @@ def test_fused_equals_plain_forward_and_backward():
     fused = timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random")
     plain = set_se_fused(copy.deepcopy(fused), False)
     for model in (fused, plain):
-        model.train()(_x()).square().mean().backward()
+        model.train()(batch()).square().mean().backward()
     with torch.no_grad():
-        expected = plain.eval()(_x())
+        expected = plain.eval()(batch())
         # fusing only changes the rounding of the scale-and-add in each of the 8 blocks, carried through 18 layers
-        assert (fused.eval()(_x()) - expected).abs().max().item() <= rounding_tolerance(
+        assert (fused.eval()(batch()) - expected).abs().max().item() <= rounding_tolerance(
             expected, layers=18, fan_in=3 * 3 * 512
         )
     for (name, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
@@ -91,55 +83,30 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    torch.save(randomize_norm_stats(timm.create_model(ARCH)).state_dict(), tmp_path / "base.pth")
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "base.pth")))
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
-        assert same_ops_close(ours(_x()), base(_x()))
+        assert same_ops_close(ours(batch()), base(batch()))
         feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
         base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
         assert has_se(feats) and feats.feature_info.channels() == [64, 64, 128, 256, 512]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(_x()), base_feats(_x()), strict=True))
+        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
 
 
 @pytest.mark.slow
 def test_torchscript_fx_and_compile_match_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{ARCH}", num_classes=5, se_init="random"))
-    x = _x()
+    x = batch()
     assert_scripted_matches(model, x)
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)  # the functional SE form
-        with torch.no_grad():
-            assert same_ops_close(graph(x), model(x))
-    graph(x).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
-    with torch.no_grad():
-        assert same_ops_close(torch.compile(model, backend="eager", fullgraph=True)(x), model(x))
+
+    def functional_se_form(graph):
+        assert not any(n.kwargs.get("out") is not None for n in graph.graph.nodes)
+
+    fx_matches_eager(model, x, check_graph=functional_se_form)
+    compile_matches_eager(model, x)
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 8
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 8
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 8)
+    unet_trains_one_step(f"tu-se_plugin_{ARCH}", 8)

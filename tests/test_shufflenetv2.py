@@ -1,7 +1,6 @@
 """SE in torchvision's ShuffleNetV2: on each unit's ``branch2`` output (after its last BN + ReLU), before the concat
 and the channel shuffle, as in "ShuffleNet v2 with SE" (Ma et al. 2018, Table 8)."""
 
-import copy
 import importlib
 
 import pytest
@@ -14,6 +13,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from se_plugins import add_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import assert_identity_init, batch, count_params
 from tests.test_torchscript import assert_scripted_matches
 
 tv_shufflenet = importlib.import_module("torchvision.models.shufflenetv2")
@@ -22,37 +22,22 @@ X1_0_WIDTHS = [58] * 4 + [116] * 8 + [232] * 4
 SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 
-def _x(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def test_parameter_count_from_widths():
     with torch.device("meta"):
         base, ours = torchvision.models.shufflenet_v2_x1_0(), add_se(torchvision.models.shufflenet_v2_x1_0())
     assert [se.channels for se in se_modules(ours).values()] == X1_0_WIDTHS
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in X1_0_WIDTHS]
     expected = sum(2 * c * h + h + c for c, h in zip(X1_0_WIDTHS, hidden, strict=True))
-    assert expected == 50_504 and _count(base) == 2_278_604 and _count(ours) - _count(base) == expected
+    assert expected == 50_504 and count_params(base) == 2_278_604
+    assert count_params(ours) - count_params(base) == expected
 
 
 @pytest.mark.parametrize("width", ["x0_5", "x1_0"])
 def test_identity_init_keeps_outputs_and_keys(width):
     torch.manual_seed(0)
     model = randomize_norm_stats(getattr(torchvision.models, f"shufflenet_v2_{width}")(num_classes=5)).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)
-        assert torch.equal(model(_x()), before)  # every gate exactly 1: x * 1 == x in IEEE
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # every gate exactly 1: x * 1 == x in IEEE
+    state, before_state = assert_identity_init(model, batch())
     assert {k for k in state if k.startswith("stage3.0.se.")} == {f"stage3.0.se.{s}" for s in SE_SUFFIXES}
     assert len(set(state) - set(before_state)) == 5 * 16
 
@@ -87,13 +72,13 @@ def test_options_and_errors():
 def test_torchscript_fx_and_export_match_eager():
     torch.manual_seed(0)
     model = random_se(add_se(torchvision.models.shufflenet_v2_x0_5(num_classes=5), init="random"))
-    assert_scripted_matches(model, _x())
+    assert_scripted_matches(model, batch())
     graph = torch.fx.symbolic_trace(model)
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
-        assert same_ops_close(exported.module()(_x(1)), model(_x(1)))
-    graph(_x()).sum().backward()
+        assert same_ops_close(graph(batch()), model(batch()))
+        assert same_ops_close(exported.module()(batch(1)), model(batch(1)))
+    graph(batch()).sum().backward()
     assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
 
 

@@ -4,11 +4,9 @@ SE sits after the non-linearity following each conv (the SE paper, Sec. 3.3; SE-
 ``ReLU`` of ``features`` that follows a conv (and its BN) becomes ``SEReLU``; SE keys are ``features.<i>.se.*``.
 """
 
-import copy
 import re
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 import torchvision
@@ -18,17 +16,25 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from se_plugins.insert.vgg import SEReLU
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import (
+    SE_KEYS,
+    assert_identity_init,
+    assert_intermediates_match,
+    count_params,
+    detector_trains_one_step,
+    fx_matches_eager,
+    pretrained_from_base,
+    unet_trains_one_step,
+)
 from tests.test_torchscript import assert_scripted_matches
 
 ARCH = "vgg11_bn"
 # vgg11's conv widths by stage (between max-pools), and the index in ``features`` of each conv's ReLU (with BN)
 VGG11_WIDTHS = [[64], [128], [256, 256], [512, 512], [512, 512]]
 VGG11_BN_RELUS = [2, 6, 10, 13, 17, 20, 24, 27]
-SE_KEYS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
 
 
 SMALL_HEAD = dict(mlp_ratio=1 / 64)  # timm's ConvMlp 512 -> 64 -> 4096 instead of 512 -> 4096 -> 4096 (speed)
@@ -48,10 +54,6 @@ def _models():
         "timm": lambda: timm.create_model(ARCH, num_classes=5, **SMALL_HEAD),
         "torchvision": _tv,
     }
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _x(seed: int = 0, size: int = 32) -> torch.Tensor:
@@ -74,8 +76,9 @@ def test_parameter_count_from_widths():
         base, ours = timm.create_model("vgg16_bn"), timm.create_model("se_plugin_vgg16_bn")
         tv_base = torchvision.models.vgg16_bn()
         tv = add_se(torchvision.models.vgg16_bn())
-    assert expected == 231_824 and _count(ours) - _count(base) == expected and _count(base) == 138_365_992
-    assert _count(tv) - _count(tv_base) == expected
+    assert expected == 231_824 and count_params(ours) - count_params(base) == expected
+    assert count_params(base) == 138_365_992
+    assert count_params(tv) - count_params(tv_base) == expected
     assert [se.channels for se in se_modules(ours).values()] == widths
 
 
@@ -83,16 +86,8 @@ def test_parameter_count_from_widths():
 def test_identity_init_keeps_outputs_and_keys(kind):
     torch.manual_seed(0)
     model = randomize_norm_stats(_models()[kind]()).eval()
-    before_state = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        before = model(_x())
-        add_se(model)  # position=None: the family's own, "post"
-        assert torch.equal(model(_x()), before)  # gate exactly 1: x * 1 == x
-        for se in se_modules(model).values():
-            se.reset_parameters("random")
-        assert (model(_x()) - before).abs().max().item() > 1e-3 * before.abs().max().item()
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in before_state.items())
+    # position=None: the family's own, "post"; gate exactly 1: x * 1 == x
+    state, before_state = assert_identity_init(model, _x())
     assert {k for k in state if k not in before_state} == {
         f"features.{i}.se.{p}" for i in VGG11_BN_RELUS for p in SE_KEYS
     }
@@ -146,14 +141,8 @@ def test_options_and_errors():
 
 
 def test_pretrained_base_weights_through_timm(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / f"{ARCH}.pth"
-    torch.save(randomize_norm_stats(timm.create_model(ARCH, **SMALL_HEAD)).state_dict(), path)
-    kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL_HEAD)
-    base = timm.create_model(ARCH, **kwargs).eval()
-    ours = timm.create_model(f"se_plugin_{ARCH}", **kwargs).eval()
-    state, ours_state = torch.load(path, weights_only=True), ours.state_dict()
-    assert all(torch.equal(ours_state[k], v) for k, v in state.items())
+    base, ours, kwargs = pretrained_from_base(ARCH, tmp_path, **SMALL_HEAD)
+    state, ours_state = torch.load(tmp_path / "base.pth", weights_only=True), ours.state_dict()
     assert {k for k in ours_state if k not in state} == {
         f"features.{i}.se.{p}" for i in VGG11_BN_RELUS for p in SE_KEYS
     }
@@ -167,9 +156,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
             got, want = feats.eval()(_x()), base_feats.eval()(_x())
             got, want = (list(got.values()), list(want.values())) if feature_cls == "dict" else (got, want)
             assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), feature_cls
-        final, inter = ours.forward_intermediates(_x())
-        base_final, base_inter = base.forward_intermediates(_x())
-        assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
+        assert_intermediates_match(ours, base, _x())
 
 
 @pytest.mark.slow
@@ -186,13 +173,7 @@ def test_torchscript_and_fx_match_eager(kind):
     assert_scripted_matches(model, _x())
     if kind != "torchvision":  # timm's ConvMlp head branches on the input size: FX through timm's tracer below
         return
-    for grad in (True, False):
-        with torch.set_grad_enabled(grad):
-            graph = torch.fx.symbolic_trace(model)
-        with torch.no_grad():
-            assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    fx_matches_eager(model, _x())
 
 
 def test_fx_features_and_export():
@@ -213,24 +194,7 @@ def test_fx_features_and_export():
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
     # VGG's six feature levels start at stride 1: the FPN takes strides 4..32 (levels 2..5)
-    detector = fasterrcnn_timm_fpn(f"se_plugin_{ARCH}", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   out_indices=(2, 3, 4, 5), backbone_kwargs=SMALL_HEAD, rpn_pre_nms_top_n_train=50,
-                                   rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 8
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet(f"tu-se_plugin_{ARCH}", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 8 and has_se(unet.encoder)
-    optimizer = torch.optim.SGD(unet.parameters(), lr=0.01)
-    loss = nn.functional.cross_entropy(unet.train()(_x(2, 64)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step(f"se_plugin_{ARCH}", 8, out_indices=(2, 3, 4, 5), backbone_kwargs=SMALL_HEAD)
+    unet = unet_trains_one_step(f"tu-se_plugin_{ARCH}", 8, lr=0.01)
+    assert has_se(unet.encoder)

@@ -5,15 +5,14 @@
 import copy
 
 import pytest
-import segmentation_models_pytorch as smp
 import timm
 import torch
 from timm.layers import make_divisible
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SE_POSITIONS, add_se, has_se, se_modules
-from se_plugins.detection import fasterrcnn_timm_fpn
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
+from tests.family_checks import batch, count_params, detector_trains_one_step, fx_matches_eager, unet_trains_one_step
 from tests.test_torchscript import assert_scripted_matches
 
 ARCHS = ["legacy_xception", "xception41", "xception41p", "xception65", "xception65p", "xception71"]
@@ -28,14 +27,6 @@ WIDTHS["xception41p"], WIDTHS["xception65p"] = WIDTHS["xception41"], WIDTHS["xce
 ADDED = {"legacy_xception": 778_784, "xception41": 1_305_248, "xception65": 1_870_560, "xception71": 1_949_688}
 ATTENTION = ("SqueezeExcite", "SEModule", "EcaModule", "CbamModule", "GatherExcite", "Attention", "SelectiveKernel")
 SE_SUFFIXES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "gate_gain")
-
-
-def _x(seed: int = 0, size: int = 64) -> torch.Tensor:
-    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_registry_lists_every_xception():
@@ -57,9 +48,9 @@ def test_no_attention_of_their_own_and_parameter_counts(arch):
     assert [se.channels for se in se_modules(ours).values()] == WIDTHS[arch]
     hidden = [make_divisible(c / 16, 8, round_limit=0.0) for c in WIDTHS[arch]]
     expected = sum(2 * c * h + h + c for c, h in zip(WIDTHS[arch], hidden, strict=True))
-    assert _count(ours) - _count(base) == expected == ADDED[arch.rstrip("p")]
+    assert count_params(ours) - count_params(base) == expected == ADDED[arch.rstrip("p")]
     if arch == "legacy_xception":
-        assert _count(base) == 22_855_952
+        assert count_params(base) == 22_855_952
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +66,15 @@ def base_models():
 def test_identity_init_keeps_outputs_and_keys(base_models, arch, position):
     model = copy.deepcopy(base_models[arch])
     with torch.no_grad():
-        before = model(_x())
+        before = model(batch())
         add_se(model, position=position)
-        assert torch.equal(model(_x()), before)  # every gate exactly 1: x * 1 == x in IEEE, same adds
+        assert torch.equal(model(batch()), before)  # every gate exactly 1: x * 1 == x in IEEE, same adds
         for se in se_modules(model).values():
             se.reset_parameters("random")
         # the paper's init changes the function; seen at the stride-16 features (legacy_xception's exit flow, with
         # its eval-mode norms, barely passes input changes on to the logits)
-        after, expected = model.forward_intermediates(_x())[1][3], base_models[arch].forward_intermediates(_x())[1][3]
+        after = model.forward_intermediates(batch())[1][3]
+        expected = base_models[arch].forward_intermediates(batch())[1][3]
         assert (after - expected).abs().max().item() > 1e-3 * expected.abs().max().item()
     state, before_state = model.state_dict(), base_models[arch].state_dict()
     assert all(torch.equal(state[k], v) for k, v in before_state.items())
@@ -134,18 +126,18 @@ def test_pretrained_features_intermediates_and_pruning(base_models, tmp_path):
         assert all(torch.equal(ours_state[k], v) for k, v in base.state_dict().items())
         assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
         with torch.no_grad():
-            assert torch.equal(ours(_x()), base(_x()))
-            final, inter = ours.forward_intermediates(_x())  # aligned: the taps inside blocks (forward_with_tap)
-            base_final, base_inter = base.forward_intermediates(_x())
+            assert torch.equal(ours(batch()), base(batch()))
+            final, inter = ours.forward_intermediates(batch())  # aligned: the taps inside blocks (forward_with_tap)
+            base_final, base_inter = base.forward_intermediates(batch())
             assert all(torch.equal(a, b) for a, b in zip([final, *inter], [base_final, *base_inter], strict=True))
             feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
             assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-            assert all(torch.equal(a, b) for a, b in zip(feats(_x()), inter, strict=True))
+            assert all(torch.equal(a, b) for a, b in zip(feats(batch()), inter, strict=True))
     # pruning to the stride-8 tap cuts the last kept module before its last separable conv, and SE with it
     ours.prune_intermediate_layers(indices=(0, 1, 2))
     assert len(ours.blocks) == 3 and len(se_modules(ours)) == 2
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(ours.forward_intermediates(_x())[1], inter[:3], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(ours.forward_intermediates(batch())[1], inter[:3], strict=True))
 
 
 @pytest.mark.slow
@@ -153,39 +145,20 @@ def test_pretrained_features_intermediates_and_pruning(base_models, tmp_path):
 def test_torchscript_and_fx_match_eager(arch):
     torch.manual_seed(0)
     model = random_se(timm.create_model(f"se_plugin_{arch}", num_classes=5, se_init="random"))
-    assert_scripted_matches(model, _x())
-    graph = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
-        assert same_ops_close(graph(_x()), model(_x()))
-    graph(_x()).sum().backward()
-    assert all(p.grad is not None for n, p in graph.named_parameters() if ".se." in n)
+    assert_scripted_matches(model, batch())
+    fx_matches_eager(model, batch(), grad_modes=(True,))
 
 
 @pytest.mark.slow
 def test_export_matches_eager():
     torch.manual_seed(0)
     model = random_se(timm.create_model("se_plugin_xception41p", num_classes=5, se_init="random"))
-    exported = torch.export.export(model, (_x(),))
+    exported = torch.export.export(model, (batch(),))
     with torch.no_grad():
-        assert same_ops_close(exported.module()(_x(1)), model(_x(1)))
+        assert same_ops_close(exported.module()(batch(1)), model(batch(1)))
 
 
 @pytest.mark.slow
 def test_detection_and_segmentation_train_one_step():
-    torch.manual_seed(0)
-    detector = fasterrcnn_timm_fpn("se_plugin_xception41", num_classes=3, fpn_channels=32, min_size=64, max_size=96,
-                                   rpn_pre_nms_top_n_train=50, rpn_post_nms_top_n_train=20)  # fmt: skip
-    assert len(se_modules(detector)) == 13
-    images = [torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))]
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
-    loss = sum(detector.train()(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in detector.named_parameters() if ".se." in n)
-
-    unet = smp.Unet("tu-se_plugin_legacy_xception", encoder_weights=None, classes=2, decoder_channels=(32, 16, 8, 8, 8))
-    assert len(se_modules(unet)) == 12
-    loss = torch.nn.functional.cross_entropy(unet.train()(_x(2)), torch.zeros(2, 64, 64, dtype=torch.long))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for n, p in unet.named_parameters() if ".se." in n)
+    detector_trains_one_step("se_plugin_xception41", 13)
+    unet_trains_one_step("tu-se_plugin_legacy_xception", 12)
