@@ -3,8 +3,9 @@
 Supported today: timm ``BasicBlock``/``Bottleneck`` (ResNet, ResNeXt, Wide-ResNet, ResNet-D/T/S, AA/blur variants),
 torchvision ``BasicBlock``/``Bottleneck`` (plain models, Faster R-CNN backbones with FrozenBatchNorm2d, smp's ResNet
 encoders), timm's efficientnet-builder ``InvertedResidual``/``DepthwiseSeparableConv``/``EdgeResidual`` built without
-SE (MobileNetV1/V2, MNASNet-B1, FBNet-C, SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU), torchvision's MobileNetV2
-``InvertedResidual`` and MNASNet ``_InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's
+SE (MobileNetV1/V2, MNASNet-B1, FBNet-C, SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU, MobileNetV3-Minimal) and
+MobileNetV4's ``UniversalInvertedResidual``, torchvision's MobileNetV2 ``InvertedResidual`` and MNASNet
+``_InvertedResidual``, the RegNetX blocks of timm and torchvision, timm's
 pre-activation ResNet-V2 blocks, timm's Res2Net ``Bottle2neck``, DLA ``DlaBasic``/``DlaBottleneck``/``DlaBottle2neck``,
 DPN ``DualPathBlock``, HRNet (its branches are timm ResNet blocks), timm's CSPNet/CSPDarkNet/DarkNet blocks and BYOB
 blocks (RepVGG, MobileOne, GENet, ResNet-*ts; SE in each block's own attention slot, as timm's SE variants), timm's

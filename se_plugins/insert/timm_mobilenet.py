@@ -1,12 +1,13 @@
 """SE adapter for the blocks of timm's efficientnet builder built without SE (MobileNetV1/V2, MNASNet-B1, FBNet-C,
-SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU).
+SPNASNet, EfficientNet-Lite, EfficientNet-EdgeTPU, MobileNetV3-Minimal, MobileNetV4-Conv).
 
 These blocks have an SE slot of their own, ``se`` (``nn.Identity()`` when built without SE), where MobileNetV3,
 MnasNet-A1 and EfficientNet put it: after the depthwise conv's norm and activation (in ``EdgeResidual``, the fused
-MBConv of EfficientNet-EdgeTPU/V2: after the 3x3 expansion conv), on the expanded channels, before the linear
-projection, in every block whether or not it ends in a residual add. :func:`se_plugins.add_se` fills that slot with a
-:class:`~se_plugins.SqueezeExcite` and the block keeps its own forward, so SE sits exactly where timm's SE variants
-have it. The scale is not next to a residual add, so there is no fused path (``se_fused`` has no effect).
+MBConv of EfficientNet-EdgeTPU/V2: after the 3x3 expansion conv; in MobileNetV4's ``UniversalInvertedResidual``:
+after the middle depthwise conv, or after the expansion where the variant has none), on the expanded channels, before
+the linear projection, in every block whether or not it ends in a residual add. :func:`se_plugins.add_se` fills that
+slot with a :class:`~se_plugins.SqueezeExcite` and the block keeps its own forward, so SE sits exactly where timm's SE
+variants have it. The scale is not next to a residual add, so there is no fused path (``se_fused`` has no effect).
 """
 
 import re
@@ -55,6 +56,16 @@ class SETimmEdgeResidual(SEResidualBlock, timm_blocks.EdgeResidual):
     forward = timm_blocks.EdgeResidual.forward
 
 
+class SETimmUniversalInvertedResidual(SEResidualBlock, timm_blocks.UniversalInvertedResidual):
+    """timm ``UniversalInvertedResidual`` (MobileNetV4 UIB) with SE in its slot: [dw], expand, [dw], SE, project."""
+
+    forward = timm_blocks.UniversalInvertedResidual.forward
+
+
+def _uir_channels(block: nn.Module, position: str) -> int:
+    return block.pw_proj.conv.in_channels
+
+
 register_se_block(
     timm_blocks.InvertedResidual,
     SETimmInvertedResidual,
@@ -80,5 +91,14 @@ register_se_block(
     positions=("standard",),
     stage=stage_from_blocks_index,
     description="timm EdgeResidual (efficientnet builder; SE after the 3x3 expansion conv)",
+    num_stages=None,
+)
+register_se_block(
+    timm_blocks.UniversalInvertedResidual,
+    SETimmUniversalInvertedResidual,
+    channels=_uir_channels,
+    positions=("standard",),
+    stage=stage_from_blocks_index,
+    description="timm UniversalInvertedResidual (MobileNetV4; SE after the middle depthwise conv)",
     num_stages=None,
 )
