@@ -85,8 +85,11 @@ class SqueezeExcite(nn.Module):
 
         The FC layers run as matrix products on the pooled ``(N, C)`` vector: the 1x1 convolutions' result up to
         float rounding, at about half their cost (these products are tiny; a convolution call has more overhead).
+        The pool is a float32 sum divided by ``H * W``: the mean up to rounding (no float16 overflow), and its
+        gradient is a broadcast view, where ``mean``'s backward writes a full-size tensor (one write per block less
+        in training).
         """
-        s = x.mean((2, 3))
+        s = (x.sum((2, 3), dtype=torch.float32) / (x.shape[2] * x.shape[3])).to(x.dtype)
         s = self.act(nn.functional.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))
         s = nn.functional.linear(s, self.fc2.weight.flatten(1), self.fc2.bias)
         return (torch.sigmoid(s) * self.gate_gain)[:, :, None, None]
