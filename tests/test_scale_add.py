@@ -72,6 +72,21 @@ def test_scale_add_equals_addcmul_after_batchnorm(training, momentum):
         assert _close(actual, expected, ops=8)
 
 
+def test_result_written_into_the_norm_output():
+    """Like the block without SE (``x += shortcut``), the result reuses the norm output's memory when the dtypes
+    agree; the gradients still see the norm output's original values (checked above)."""
+    bn = _bn(8, True)
+    z = torch.randn(2, 8, 4, 4, requires_grad=True)
+    shortcut, gate = torch.randn(2, 8, 4, 4), torch.rand(2, 8, 1, 1, requires_grad=True)
+    out, affine = norm_with_affine(bn, z)
+    expected = torch.addcmul(shortcut, out.detach(), gate.detach())
+    y = ScaleAdd.apply(shortcut, out, gate, z, *affine)
+    assert y.data_ptr() == out.data_ptr() and torch.equal(y, expected)
+    out, affine = norm_with_affine(bn, z)
+    y = ScaleAdd.apply(shortcut.double(), out, gate, z, *affine)  # promoted: a new tensor
+    assert y.dtype == torch.float64 and y.data_ptr() != out.data_ptr()
+
+
 def test_norm_with_affine_covers_batchnorm_only():
     z = torch.randn(2, 4, 3, 3)
     assert norm_with_affine(nn.GroupNorm(2, 4), z) is None

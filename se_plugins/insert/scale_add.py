@@ -7,7 +7,8 @@ anyway (for its own backward), and ``out`` is a per-channel affine function of i
 with ``a = weight / sqrt(var + eps)`` (the batch's mean and biased variance in training, the running ones in eval),
 so :class:`ScaleAdd` keeps ``z`` (no new memory: the same tensor) and four per-channel vectors, and computes the
 gate's gradient as ``a * (sum_hw grad * z - mean * sum_hw grad) + beta * sum_hw grad``. The statistics come from the
-norm's own kernel (no extra pass over ``z``). Gradients equal the plain implementation's up to rounding. Used in
+norm's own kernel (no extra pass over ``z``), and the result is written into ``out`` (nothing keeps it), as the block
+without SE adds its shortcut in place. Gradients equal the plain implementation's up to rounding. Used in
 eager training only (the block falls back to ``torch.addcmul`` under TorchScript, FX, tracing, ``torch.compile``
 and ``torch.export``, whose graphs schedule memory themselves).
 """
@@ -66,6 +67,11 @@ class ScaleAdd(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(gate, z, mean, a, beta)
         ctx.dtypes = (shortcut.dtype, out.dtype)
+        if out.dtype == shortcut.dtype == gate.dtype:
+            # nothing keeps ``out`` (the norm keeps its input, the squeeze's sum nothing): write the result into it,
+            # as the block without SE adds the shortcut in place (no new activation, no allocation)
+            ctx.mark_dirty(out)
+            return torch.addcmul(shortcut, out, gate, out=out)
         return torch.addcmul(shortcut, out, gate)
 
     @staticmethod
