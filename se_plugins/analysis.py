@@ -345,7 +345,7 @@ def run_excitations(
 
 
 def select_blocks(available: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
-    """Resolve ``--blocks`` (names, names without ``.se``, or indices) to SE module names; default: evenly spread."""
+    """Resolve ``--blocks`` (SE module names, block names, or indices) to SE module names; default: evenly spread."""
     if not wanted:
         if len(available) <= DEFAULT_PLOT_BLOCKS:
             return list(available)
@@ -353,7 +353,7 @@ def select_blocks(available: Sequence[str], wanted: Sequence[str] | None) -> lis
         return [available[i] for i in sorted(set(picks.tolist()))]
     chosen = []
     for item in wanted:
-        name = _resolve(item, list(available), lambda s: [f"{s}.se", s.removesuffix(".se") + ".se"])
+        name = _resolve(item, list(available), lambda s: _block_se_names(s, available))
         if name is None:
             raise ConfigError(f"--blocks: {item!r} is not an SE block (one of {', '.join(available)}, or 0..)")
         chosen.append(name)
@@ -371,6 +371,13 @@ def select_classes(available: Sequence[str], wanted: Sequence[str] | None) -> li
             raise ConfigError(f"--classes: {item!r} is not a class (one of {', '.join(available)}, or 0..)")
         chosen.append(name)
     return chosen
+
+
+def _block_se_names(block: str, available: Sequence[str]) -> list[str]:
+    """The SE module of the block named ``block``: ``<block>.se``, or the block's own attention slot (``attn``,
+    ``attn2``, ``attn_last``: one more name component); a name given with ``.se`` also finds that block's."""
+    block = block.removesuffix(".se")
+    return [name for name in available if name.rpartition(".")[0] == block]
 
 
 def _resolve(item: str, available: list[str], variants: Any) -> str | None:

@@ -119,6 +119,11 @@ def test_block_selection():
     assert select_blocks(names, ["layer2.1", "-1", "layer1.0.se"]) == ["layer2.1.se", "layer4.2.se", "layer1.0.se"]
     with pytest.raises(se_plugins.ConfigError, match="--blocks: 'layer9' is not an SE block"):
         select_blocks(names, ["layer9"])
+    # blocks whose SE sits in their own attention slot (cspnet, byobnet: attn, attn2, attn_last) by block name too
+    slots = ["stages.0.blocks.0.attn", "stages.1.blocks.0.attn2", "stages.2.blocks.1.attn_last"]
+    assert select_blocks(slots, ["stages.1.blocks.0", "stages.2.blocks.1", "0"]) == [slots[1], slots[2], slots[0]]
+    with pytest.raises(se_plugins.ConfigError, match="--blocks: 'stages.1' is not an SE block"):
+        select_blocks(slots, ["stages.1"])
 
 
 @pytest.mark.slow

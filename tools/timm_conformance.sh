@@ -29,7 +29,7 @@ else
           se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18
           se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002 se_plugin_efficientnet_es
           se_plugin_dla46_c se_plugin_dpn48b se_plugin_hrnet_w18_small se_plugin_cs3darknet_s se_plugin_repvgg_a0
-          se_plugin_convnext_atto"
+          se_plugin_convnext_atto se_plugin_mobilenetv4_conv_small"
 fi
 markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 selection=""
