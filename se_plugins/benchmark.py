@@ -2,7 +2,8 @@
 
 All models run in one process with interleaved repeats: repeat ``r`` times every model for ``--iters`` steps in an
 order rotated by ``r``, so slow phases of a shared machine hit all models alike. Ratios SE/base are the median of
-the per-repeat ratios (with their min/max), plus the ratio of the fastest repeats.
+the per-repeat ratios (with the median's 95 % confidence interval, and their min/max), plus the ratio of the fastest
+repeats.
 
 Usage::
 
@@ -355,13 +356,31 @@ def summarize(times: Sequence[float], batch_size: int) -> dict[str, float]:
     }
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median: the order statistics ``(x_(k), x_(n+1-k))`` with the
+    largest ``k`` for which the interval covers the median with probability >= ``level`` (binomial(n, 1/2) tails);
+    ``(min, max)`` when ``n`` is too small for ``level`` (n <= 5 at 95 %)."""
+    xs, n = sorted(values), len(values)
+    k, below = 0, 0.0  # below = P(Binomial(n, 1/2) < k + 1), the probability that x_(k+1) is above the median
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n
+        if 1 - 2 * below < level:
+            break
+        k += 1
+    k = max(k, 1)
+    return xs[k - 1], xs[n - k]
+
+
 def ratios(times: Sequence[float], base_times: Sequence[float]) -> dict[str, dict[str, float]]:
-    """Model/base ratios from per-repeat times: median, min and max of the per-repeat ratios, and of the minima."""
+    """Model/base ratios from per-repeat times: median (with its 95 % confidence interval), min and max of the
+    per-repeat ratios, and the ratio of the minima."""
     lat = [t / b for t, b in zip(times, base_times, strict=True)]
     thr = [b / t for t, b in zip(times, base_times, strict=True)]
 
     def stats(values: list[float], of_min: float) -> dict[str, float]:
-        return {"median": statistics.median(values), "min": min(values), "max": max(values), "of_min": of_min}
+        low, high = median_interval(values)
+        return {"median": statistics.median(values), "ci95_low": low, "ci95_high": high, "min": min(values),
+                "max": max(values), "of_min": of_min}  # fmt: skip
 
     return {
         "latency": stats(lat, min(times) / min(base_times)),
@@ -549,7 +568,7 @@ def format_table(result: dict[str, Any]) -> str:
     if "loadavg_start" in env and "loadavg_end" in env:  # other work on the machine makes the timings noisy
         lines[0] += f" | load avg {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}"
     header = ("model", "params", "GFLOPs", "SE p+s MFLOPs", "mode", "median ms", "IQR", "min", "img/s", "peak MiB")
-    header += ("ratio med [min, max]", "of min", "cpu-time ratio")
+    header += ("ratio med [95% CI]", "of min", "cpu-time ratio")
     rows = []
     for mode, res in result["results"].items():
         for name, r in res.items():
@@ -563,7 +582,7 @@ def format_table(result: dict[str, Any]) -> str:
                 row += ["1 (base)", "", ""]
             else:
                 lat = ratio["latency"]
-                row += [f"{lat['median']:.3f} [{lat['min']:.3f}, {lat['max']:.3f}]", f"{lat['of_min']:.3f}"]
+                row += [f"{lat['median']:.3f} [{lat['ci95_low']:.3f}, {lat['ci95_high']:.3f}]", f"{lat['of_min']:.3f}"]
                 row.append(f"{ratio['cpu_time']['median']:.3f}" if "cpu_time" in ratio else "")
             rows.append(row)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
@@ -572,8 +591,9 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [fmt.format(*row) for row in rows]
     lines.append(
         "GFLOPs: conv/matmul per forward (FlopCounterMode, includes the SE's FC layers). SE p+s: the SE's pool + "
-        "scale on top (2*N*C*H*W per SE block).\nratio: latency model/base, median [min, max] of the per-repeat "
-        "ratios (throughput ratio = 1/ratio); of min: of the fastest repeats; cpu-time: of the process CPU time."
+        "scale on top (2*N*C*H*W per SE block).\nratio: latency model/base, median of the per-repeat ratios [its 95% "
+        "confidence interval; min/max with <= 5 repeats] (throughput ratio = 1/ratio); of min: of the fastest repeats; "
+        "cpu-time: of the process CPU time."
     )
     if "plain_vs_fused_max_abs_diff" in result:
         lines.append(f"plain vs fused SE outputs: max |diff| = {result['plain_vs_fused_max_abs_diff']:.3g}")

@@ -70,6 +70,18 @@ def assert_intermediates_match(ours: torch.nn.Module, base: torch.nn.Module, x: 
     return final, inter
 
 
+def assert_features_match_base(arch: str, reductions: list[int], *, exact: bool = True, **kwargs):
+    """``features_only`` twin of ``arch`` (``kwargs``: e.g. the pretrained file) has SE and the ``reductions``, and its
+    features equal the base's (bit for bit when ``exact``, else ``same_ops_close``). Returns the twin."""
+    close = torch.equal if exact else same_ops_close
+    feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
+    base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
+    assert se_modules(feats) and feats.feature_info.reduction() == reductions
+    with torch.no_grad():
+        assert all(close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+    return feats
+
+
 def detector_trains_one_step(arch: str, se_count: int, *, size=(64, 96), box=(8.0, 8.0, 40.0, 50.0), **kwargs):
     """``fasterrcnn_timm_fpn(arch)`` (``kwargs``: out_indices, backbone_kwargs, ...) has ``se_count`` SE modules and
     takes one training step on one ``size`` image with one ``box``: finite loss, a gradient for every SE parameter."""

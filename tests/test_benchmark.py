@@ -1,6 +1,7 @@
 import argparse
 import copy
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -107,6 +108,9 @@ def test_ratios_and_statistics_follow_the_recorded_times(tiny_run):
             assert ratio["latency"]["median"] == pytest.approx(statistics.median(per_repeat))
             assert ratio["latency"]["min"] == pytest.approx(min(per_repeat))
             assert ratio["latency"]["max"] == pytest.approx(max(per_repeat))
+            low, high = benchmark.median_interval(per_repeat)
+            assert ratio["latency"]["ci95_low"] == pytest.approx(low)
+            assert ratio["latency"]["ci95_high"] == pytest.approx(high)
             assert ratio["latency"]["of_min"] == pytest.approx(min(t) / min(base["times_s"]))
             assert ratio["throughput"]["median"] == pytest.approx(statistics.median([1 / p for p in per_repeat]))
             cpu = [a / b for a, b in zip(r["cpu_times_s"], base["cpu_times_s"], strict=True)]
@@ -125,9 +129,20 @@ def test_table_lists_every_model_and_mode(tiny_run):
     assert "2 repeats x 1 iters" in table
 
 
+def test_median_interval_is_the_binomial_order_statistics():
+    """The distribution-free 95 % interval of the median: (x_(k), x_(n+1-k)) with the largest k whose coverage
+    1 - 2 P(Binomial(n, 1/2) < k) is still >= 95 % (the textbook table: n=11 -> k=2, 21 -> 6, 31 -> 10, 41 -> 14)."""
+    for n, k in ((6, 1), (11, 2), (15, 4), (21, 6), (31, 10), (41, 14)):
+        values = [float(v) for v in reversed(range(1, n + 1))]  # unsorted input
+        assert benchmark.median_interval(values) == (k, n + 1 - k)
+        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+        assert coverage >= 0.95 > 1 - 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    assert benchmark.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few repeats for 95 %: min, max
+
+
 def test_ratio_and_summary_by_hand():
     r = benchmark.ratios([2.0, 3.0, 4.0], [1.0, 2.0, 2.0])
-    assert r["latency"] == {"median": 2.0, "min": 1.5, "max": 2.0, "of_min": 2.0}
+    assert r["latency"] == {"median": 2.0, "ci95_low": 1.5, "ci95_high": 2.0, "min": 1.5, "max": 2.0, "of_min": 2.0}
     assert r["throughput"]["median"] == 0.5 and r["throughput"]["of_min"] == 0.5
     s = benchmark.summarize([0.1, 0.3, 0.2, 0.4], batch_size=4)
     assert s["median_ms"] == pytest.approx(250.0) and s["min_ms"] == pytest.approx(100.0)

@@ -15,6 +15,7 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import mobilenetv3 as se_mobilenetv3
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -109,10 +110,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
         assert torch.equal(ours(batch()), base(batch()))
-        feats = timm.create_model(f"se_plugin_{REP}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(REP, features_only=True, **kwargs).eval()
-        assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and has_se(feats)
-        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_features_match_base(REP, [2, 4, 8, 16, 32], **kwargs)
     assert_intermediates_match(ours, base, batch())
 
 
