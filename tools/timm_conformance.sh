@@ -2,7 +2,7 @@
 # timm's own model tests (tests/test_models.py from the sdist of the installed timm) on the se_plugin_* models.
 #
 #   tools/timm_conformance.sh           CI subset: one model of each block kind, every marker timm's CI runs
-#   tools/timm_conformance.sh --all     the same tests on every se_plugin_* model (2042 tests: about 2 h on 2 cores)
+#   tools/timm_conformance.sh --all     the same tests on every se_plugin_* model (2042 tests: 60 min on 2 quiet cores)
 #   tools/timm_conformance.sh --all -m ""   also timm's unmarked tests (FX+TorchScript, the slow prune contract)
 # On a busy machine add -p no:timeout: timm's per-test timeouts (120 s) then measure the load, not the model.
 # Extra arguments go to pytest (e.g. -n 4). TIMM_TESTS_DIR keeps the unpacked sdist between runs.
