@@ -80,19 +80,28 @@ class SqueezeExcite(nn.Module):
             else:
                 self.gate_gain.fill_(1.0)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-channel gate of shape ``(N, C, 1, 1)`` for input ``x`` of shape ``(N, C, H, W)``.
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled ``(N, C)`` input: a sum over H, W (in float32 at least) divided by ``H * W``, in ``x``'s dtype.
 
-        The FC layers run as matrix products on the pooled ``(N, C)`` vector: the 1x1 convolutions' result up to
-        float rounding, at about half their cost (these products are tiny; a convolution call has more overhead).
-        The pool is a float32 sum divided by ``H * W``: the mean up to rounding (no float16 overflow), and its
-        gradient is a broadcast view, where ``mean``'s backward writes a full-size tensor (one write per block less
-        in training).
+        The mean up to rounding (no float16 overflow); its gradient is a broadcast view, where ``mean``'s backward
+        writes a full-size tensor (one write per block less in training).
         """
-        s = (x.sum((2, 3), dtype=torch.float32) / (x.shape[2] * x.shape[3])).to(x.dtype)
+        total = x.sum((2, 3), dtype=torch.promote_types(x.dtype, torch.float32))
+        return (total / (x.shape[2] * x.shape[3])).to(x.dtype)
+
+    def excite(self, s: torch.Tensor) -> torch.Tensor:
+        """The gate ``(N, C, 1, 1)`` for the pooled ``s`` ``(N, C)``.
+
+        The FC layers run as matrix products on the pooled vector: the 1x1 convolutions' result up to float
+        rounding, at about half their cost (these products are tiny; a convolution call has more overhead).
+        """
         s = self.act(nn.functional.linear(s, self.fc1.weight.flatten(1), self.fc1.bias))
         s = nn.functional.linear(s, self.fc2.weight.flatten(1), self.fc2.bias)
         return (torch.sigmoid(s) * self.gate_gain)[:, :, None, None]
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-channel gate of shape ``(N, C, 1, 1)`` for input ``x`` of shape ``(N, C, H, W)``."""
+        return self.excite(self.squeeze(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The plain form, computed exactly as timm's SEModule (1x1 convolutions): bit-identical with its weights.

@@ -7,6 +7,7 @@
 # On a busy machine add -p no:timeout: timm's per-test timeouts (120 s) then measure the load, not the model.
 # Extra arguments go to pytest (e.g. -n 4). TIMM_TESTS_DIR keeps the unpacked sdist between runs.
 # SE_MODELS="se_plugin_a se_plugin_b" tools/timm_conformance.sh   the same tests on the models named.
+# CHUNK=N: models per pytest run (default 40; each run starts fresh workers, so memory does not pile up).
 # `TORCH_BACKEND=se_plugins` is timm's own hook for importing a module before the tests collect their models.
 set -euo pipefail
 all=0
@@ -32,19 +33,32 @@ else
           se_plugin_convnext_atto se_plugin_mobilenetv4_conv_small"
 fi
 markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
-selection=""
-exempt=""
-for m in $models; do
-  selection+="${selection:+ or }$m]"  # test ids end with "<model>]"
-  # timm exempts some families by name (EXCLUDE_JIT_FILTERS; the prune contract's partial branches): the same for
-  # their twins, whose names start with se_plugin_ and so miss timm's patterns
-  case "${m#se_plugin_}" in
-    hrnet*) exempt+=" and not (($m]) and (torchscript or prune_intermediate_layers_contract))" ;;
-    densenet*|selecsls*) exempt+=" and not (($m]) and torchscript)" ;;
-    inception_v3*|inception_v4*|inception_resnet_v2*) exempt+=" and not (($m]) and test_model_forward_features)" ;;
-  esac
-done
+
+run_chunk() {  # timm's tests on the models given
+  local selection="" exempt="" m
+  for m in "$@"; do
+    selection+="${selection:+ or }$m]"  # test ids end with "<model>]"
+    # timm exempts some families by name (EXCLUDE_JIT_FILTERS; the prune contract's partial branches): the same for
+    # their twins, whose names start with se_plugin_ and so miss timm's patterns
+    case "${m#se_plugin_}" in
+      hrnet*) exempt+=" and not (($m]) and (torchscript or prune_intermediate_layers_contract))" ;;
+      densenet*|selecsls*) exempt+=" and not (($m]) and torchscript)" ;;
+      inception_v3*|inception_v4*|inception_resnet_v2*) exempt+=" and not (($m]) and test_model_forward_features)" ;;
+    esac
+  done
+  TORCH_BACKEND=se_plugins HF_HUB_OFFLINE=1 python -m pytest tests/test_models.py -q -p no:cacheprovider \
+    -k "($selection) and not test_model_load_pretrained and not test_model_features_pretrained$exempt" "${markers[@]}" \
+    -n 2 "${extra[@]}"
+}
+
+# Chunks of CHUNK models (default 40), each in fresh pytest workers: a worker that has built a thousand models holds
+# many GB (allocator fragmentation, seen: a worker OOM-killed at 12.7 GB after ~1000 models on a 24 GiB machine).
+extra=("$@")
+read -r -a all_models <<< "$(echo $models)"
+chunk="${CHUNK:-40}"
 cd "$src"
-TORCH_BACKEND=se_plugins HF_HUB_OFFLINE=1 python -m pytest tests/test_models.py -q -p no:cacheprovider \
-  -k "($selection) and not test_model_load_pretrained and not test_model_features_pretrained$exempt" "${markers[@]}" \
-  -n 2 "$@"
+status=0
+for ((i = 0; i < ${#all_models[@]}; i += chunk)); do
+  run_chunk "${all_models[@]:i:chunk}" || status=$?
+done
+exit $status

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
 
 SE_POSITIONS = ("standard", "pre", "post", "identity")
@@ -47,8 +48,11 @@ class SEResidualBlock:
     (eager or TorchScript) the result is written into the branch output, as timm's ``x += shortcut`` does.
 
     In eager training, blocks that name their last norm (``last_norm = "bn3"``, with ``residual_before_norm(x)``
-    the branch up to it) use :class:`~se_plugins.insert.scale_add.ScaleAdd`, which keeps the norm's input instead
-    of its output for backward: SE then costs no activation memory beyond its gate vectors.
+    the branch up to it) differentiate that norm, SE's pool and the scale-add as one
+    (:func:`~se_plugins.insert.norm_scale_add.norm_scale_add`: float32/float64; half precision uses
+    :class:`~se_plugins.insert.scale_add.ScaleAdd` after the norm), keeping the norm's input instead of its output
+    for backward: SE then costs no activation memory beyond its gate vectors, and its backward writes no
+    block-sized tensor the block without SE does not write.
 
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
@@ -88,6 +92,9 @@ class SEResidualBlock:
             return None
         norm = getattr(self, norm_name)
         z = self.residual_before_norm(x)
+        fused = norm_scale_add(norm, z, shortcut, self.se)
+        if fused is not None:
+            return fused
         normed = norm_with_affine(norm, z)
         if normed is None:
             out = norm(z)
