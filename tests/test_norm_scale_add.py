@@ -4,10 +4,13 @@ import copy
 import math
 
 import pytest
+import timm
 import torch
+import torchvision
 from torch import nn
 
-from se_plugins import SqueezeExcite
+import se_plugins  # noqa: F401  (registers se_plugin_*)
+from se_plugins import SqueezeExcite, add_se, se_modules
 from se_plugins.insert.norm_scale_add import norm_scale_add
 from se_plugins.insert.scale_add import per_channel_grad_sums
 
@@ -76,6 +79,26 @@ def test_equals_the_op_by_op_gradients(training, track, momentum):
     _assert_close(y, y_ref, ops=8)  # the pool is taken from z: the norm output's mean up to rounding
     for key, value in state_ref.items():  # running statistics updated exactly as nn.BatchNorm2d does
         assert torch.equal(state_after[key], value), key
+    for actual, expected in zip(grads, grads_ref, strict=True):
+        _assert_close(actual, expected, ops=16)
+
+
+def test_frozen_batch_norm_of_detection_backbones():
+    """The detection backbones' frozen BatchNorm (running statistics, no parameters): output bit-for-bit the
+    op-by-op one with the gates at 1 (the norm's own forward), gradients equal with a trained gate."""
+    torch.manual_seed(6)
+    frozen = torchvision.ops.misc.FrozenBatchNorm2d(8).double()  # also what timm's freeze_batch_norm_2d makes
+    with torch.no_grad():
+        frozen.weight.uniform_(0.5, 2.0), frozen.bias.uniform_(-1, 1)
+        frozen.running_mean.uniform_(-1, 1), frozen.running_var.uniform_(0.5, 2.0)
+    z = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+    shortcut = torch.randn(2, 8, 5, 4, dtype=torch.float64, requires_grad=True)
+    identity = SqueezeExcite(8, reduction=2).double()
+    assert torch.equal(_fused(frozen, identity, shortcut, z), shortcut + frozen(z))
+    se, weight = _se(8), torch.randn(2, 8, 5, 4, dtype=torch.float64)
+    state = copy.deepcopy(frozen.state_dict())
+    _, grads_ref, _ = _run(_op_by_op, frozen, se, state, z, shortcut, weight)
+    _, grads, _ = _run(_fused, frozen, se, state, z, shortcut, weight)
     for actual, expected in zip(grads, grads_ref, strict=True):
         _assert_close(actual, expected, ops=16)
 
@@ -154,3 +177,35 @@ def test_input_gradient_keeps_the_input_layout():
         shortcut = torch.randn(2, 8, 4, 4).contiguous(memory_format=memory_format)
         norm_scale_add(bn, z, shortcut, se).relu().sum().backward()
         assert z.grad.is_contiguous(memory_format=memory_format)
+
+
+_FROZEN = torchvision.ops.misc.FrozenBatchNorm2d
+
+
+def _graph_node_names(output: torch.Tensor) -> list[str]:
+    seen, stack, names = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("build", "dtype", "expected"),
+    [
+        (lambda: timm.create_model("se_plugin_resnet18"), torch.float32, 8),
+        (lambda: add_se(torchvision.models.resnet50(norm_layer=_FROZEN)), torch.float64, 16),
+        (lambda: timm.create_model("se_plugin_resnet18"), torch.bfloat16, 0),  # half precision: ScaleAdd alone
+    ],
+    ids=["timm-basic-fp32", "torchvision-frozen-bn-fp64", "timm-bf16"],
+)
+def test_eager_training_takes_the_fused_backward(build, dtype, expected):
+    """Every SE block of a ResNet uses it in eager float training; the graph shows one node per block."""
+    model = build().train().to(dtype)
+    names = _graph_node_names(model(torch.randn(2, 3, 64, 64, dtype=dtype)).sum())
+    assert names.count("NormPoolBackward") == expected
+    assert names.count("ScaleAddBackward") == len(se_modules(model))

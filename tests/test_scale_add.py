@@ -90,11 +90,13 @@ def test_result_written_into_the_norm_output():
 def test_norm_with_affine_covers_batchnorm_only():
     z = torch.randn(2, 4, 3, 3)
     assert norm_with_affine(nn.GroupNorm(2, 4), z) is None
-    assert norm_with_affine(torchvision.ops.misc.FrozenBatchNorm2d(4), z) is None  # keeps nothing of z: no gain
     assert norm_with_affine(nn.SyncBatchNorm(4).train(), z) is None  # statistics over all processes
     assert norm_with_affine(nn.BatchNorm2d(4, affine=False), z) is None
-    for training in (True, False):
-        bn = _bn(4, training)
+    frozen = torchvision.ops.misc.FrozenBatchNorm2d(4)  # detection backbones; timm's freeze_batch_norm_2d's too
+    for bn in [_bn(4, training=True), _bn(4, training=False), frozen]:
+        if bn is frozen:
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 2.0), bn.bias.uniform_(-1, 1), bn.running_mean.uniform_(-1, 1)
         out, (mean, a, beta) = norm_with_affine(bn, z)
         shape = (1, -1, 1, 1)
         rebuilt = (z - mean.view(shape)) * a.view(shape) + beta.view(shape)
@@ -105,6 +107,9 @@ _MODELS = {
     "timm_bottleneck": lambda: timm.create_model("se_plugin_resnet26", num_classes=10),
     "timm_basic": lambda: timm.create_model("se_plugin_resnet18", num_classes=10),
     "torchvision_basic": lambda: add_se(torchvision.models.resnet18(num_classes=10)),
+    "torchvision_frozen_bn": lambda: add_se(  # the detection backbones' norm
+        torchvision.models.resnet50(num_classes=10, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
+    ),
 }
 
 

@@ -19,9 +19,11 @@ everything follows in closed form, per channel ``a = weight * invstd``:
 ``ScaleAdd``'s backward runs first (autograd runs a node after all users of its outputs), so it fills the link and
 returns no gradient for the norm output; ``NormPool``'s backward reads it. The pool is taken from ``z``
 (``a * (zbar - mu) + beta``: the norm output's mean up to rounding, one read of ``z`` instead of ``y``). The
-forward is unchanged otherwise: the norm's own kernel (``torch.native_batch_norm``, running statistics updated as
-``nn.BatchNorm2d`` does). Gradients equal the op-by-op ones up to rounding (tested in float64, both norm modes).
-Float32 and float64 only; half precision (autocast) keeps the op-by-op norm (see ``scale_add.py``).
+forward is unchanged otherwise: with batch statistics the norm's own kernel (``torch.native_batch_norm``, running
+statistics updated as ``nn.BatchNorm2d`` does), with running ones (eval, the detection backbones'
+``FrozenBatchNorm2d``) the norm module itself, so an identity-initialised SE leaves the output bit-for-bit the
+same. Gradients equal the op-by-op ones up to rounding (tested in float64, every norm mode). Float32 and float64
+only; half precision (autocast) keeps the op-by-op norm (see ``scale_add.py``).
 """
 
 from __future__ import annotations
@@ -62,17 +64,19 @@ class NormPool(torch.autograd.Function):
         z: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor,
+        norm: nn.Module,
         running_mean: torch.Tensor | None,
         running_var: torch.Tensor | None,
         batch_stats: bool,
         momentum: float,
-        eps: float,
         link: BackwardLink,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        running = (running_mean, running_var)
-        out, mean, invstd = torch.native_batch_norm(z, weight, bias, *running, batch_stats, momentum, eps)
-        if not batch_stats:  # the running statistics are the affine
-            mean, invstd = running_mean, torch.rsqrt(running_var + eps)
+        if batch_stats:
+            running = (running_mean, running_var)
+            out, mean, invstd = torch.native_batch_norm(z, weight, bias, *running, True, momentum, norm.eps)
+        else:  # the running statistics are the affine; the norm's own forward, so its output is exactly the same
+            out = norm(z)
+            mean, invstd = running_mean, torch.rsqrt(running_var + norm.eps)
         a = weight * invstd
         z_centered_mean = z.sum((2, 3), dtype=mean.dtype) / (z.shape[2] * z.shape[3]) - mean
         pooled = torch.addcmul(bias, z_centered_mean, a)
@@ -93,9 +97,12 @@ class NormPool(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("NormPool: backward without the scale-add's: the gate feeds only the scale-add")
         pooled_grad = z_centered_mean.new_zeros(n, c) if grad_pooled is None else grad_pooled
-        grad_bias = (gate * grad_sum + pooled_grad).sum(0)
-        grad_weight = invstd * (gate * grad_dot_centered + pooled_grad * z_centered_mean).sum(0)
-        grad_z = None
+        batch_terms = ctx.batch_stats and ctx.needs_input_grad[0]  # the input gradient needs both sums below
+        grad_weight = grad_bias = grad_z = None
+        if ctx.needs_input_grad[2] or batch_terms:
+            grad_bias = (gate * grad_sum + pooled_grad).sum(0)
+        if ctx.needs_input_grad[1] or batch_terms:
+            grad_weight = invstd * (gate * grad_dot_centered + pooled_grad * z_centered_mean).sum(0)
         if ctx.needs_input_grad[0]:
             a = weight.detach() * invstd
             offset = a * pooled_grad / (h * w)  # per sample and channel
@@ -106,13 +113,17 @@ class NormPool(torch.autograd.Function):
             grad_z = torch.addcmul(offset.view(n, c, 1, 1), grad, (a * gate).view(n, c, 1, 1))
             if ctx.batch_stats:
                 grad_z.addcmul_(z, slope.view(1, c, 1, 1))
-        return grad_z, grad_weight, grad_bias, None, None, None, None, None, None
+        if not ctx.needs_input_grad[1]:
+            grad_weight = None
+        if not ctx.needs_input_grad[2]:
+            grad_bias = None
+        return grad_z, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def norm_scale_add(norm: nn.Module, z: torch.Tensor, shortcut: torch.Tensor, se: nn.Module) -> torch.Tensor | None:
     """``shortcut + norm(z) * se.excite(mean_hw norm(z))`` with the fused backward above, or None where it does not
-    apply: ``nn.BatchNorm2d`` (``SyncBatchNorm`` in eval) of the input's dtype, float32/float64 4-d input and
-    shortcut of that dtype.
+    apply: ``nn.BatchNorm2d`` (``SyncBatchNorm`` in eval, torchvision's ``FrozenBatchNorm2d``) of the
+    input's dtype, float32/float64 4-d input and shortcut of that dtype.
     """
     if z.dtype not in FUSED_DTYPES or z.dim() != 4 or shortcut.dtype != z.dtype:  # noqa: PLR2004 (N, C, H, W)
         return None
@@ -122,6 +133,6 @@ def norm_scale_add(norm: nn.Module, z: torch.Tensor, shortcut: torch.Tensor, se:
     if parts is None:
         return None
     link = BackwardLink()
-    out, pooled, mean, a = NormPool.apply(z, norm.weight, norm.bias, *parts, norm.eps, link)
+    out, pooled, mean, a = NormPool.apply(z, norm.weight, norm.bias, norm, *parts, link)
     gate = se.excite(pooled)
     return ScaleAdd.apply(shortcut, out, gate, z, mean, a, norm.bias.detach(), link)

@@ -17,6 +17,7 @@ the norm's fused backward (``norm_scale_add.py``), alone after the norm's own au
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import nn
 
 
@@ -24,8 +25,12 @@ def prepare_batch_norm(norm: nn.Module) -> tuple[torch.Tensor | None, torch.Tens
     """``(running_mean, running_var, batch_stats, momentum)``: what ``nn.BatchNorm2d.forward`` passes to the kernel
     now, after counting the batch as it does (``num_batches_tracked``); None for another norm.
 
-    Only ``nn.BatchNorm2d`` (and ``nn.SyncBatchNorm`` in eval mode, whose statistics are then local) qualifies.
+    ``nn.BatchNorm2d``, ``nn.SyncBatchNorm`` in eval mode (whose statistics are then local) and torchvision's
+    ``FrozenBatchNorm2d`` (the detection backbones', timm's ``freeze_batch_norm_2d``: always its running
+    statistics) qualify.
     """
+    if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
+        return norm.running_mean, norm.running_var, False, 0.0
     if type(norm) is nn.SyncBatchNorm and norm.training:
         return None  # batch statistics over all processes: not computable from the local z
     if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or not norm.affine:
