@@ -107,6 +107,7 @@ _MODELS = {
     "timm_bottleneck": lambda: timm.create_model("se_plugin_resnet26", num_classes=10),
     "timm_basic": lambda: timm.create_model("se_plugin_resnet18", num_classes=10),
     "torchvision_basic": lambda: add_se(torchvision.models.resnet18(num_classes=10)),
+    "timm_dla_bottleneck": lambda: timm.create_model("se_plugin_dla46_c", num_classes=10),
     "torchvision_frozen_bn": lambda: add_se(  # the detection backbones' norm
         torchvision.models.resnet50(num_classes=10, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
     ),

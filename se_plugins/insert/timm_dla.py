@@ -40,6 +40,10 @@ class _DlaSE(SEResidualBlock):
     ) -> torch.Tensor:
         if shortcut is None:
             shortcut = x
+        if self.se_position == "standard" and self.se_fused and not torch.jit.is_scripting():
+            added = self._fused_add_in_training(x, shortcut)
+            if added is not None:
+                return self.relu(added)
         if self.se_position == "pre":
             x = self.se(x)
         out = self.residual(x)
@@ -61,22 +65,36 @@ class _DlaSE(SEResidualBlock):
 class SETimmDlaBasic(_DlaSE, timm_dla.DlaBasic):
     """timm ``DlaBasic`` with SE: conv1, bn1, ReLU, conv2, bn2, SE, (+ shortcut), ReLU."""
 
+    last_norm = "bn2"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.bn2(self.residual_before_norm(x))
 
 
 class SETimmDlaBottleneck(_DlaSE, timm_dla.DlaBottleneck):
     """timm ``DlaBottleneck`` (DLA, DLA-X) with SE after bn3, before the add."""
 
+    last_norm = "bn3"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))))
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-        return self.bn3(self.conv3(x))
+        return self.bn3(self.residual_before_norm(x))
 
 
 class SETimmDlaBottle2neck(_DlaSE, timm_dla.DlaBottle2neck):
     """timm ``DlaBottle2neck`` (DLA-Res2Net/Res2NeXt) with SE after bn3, before the add (as SE-Res2Net)."""
 
+    last_norm = "bn3"
+
     def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.residual_before_norm(x))
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
         # Res2Net's multi-scale branch: channel groups of ``width``; each 3x3 also sees the previous group's output,
         # except in the first (strided) block, whose last group is average-pooled instead of passed on.
         spx = torch.split(self.relu(self.bn1(self.conv1(x))), self.width, 1)
@@ -88,7 +106,7 @@ class SETimmDlaBottle2neck(_DlaSE, timm_dla.DlaBottle2neck):
             spo.append(sp)
         if self.scale > 1:
             spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
-        return self.bn3(self.conv3(torch.cat(spo, 1)))
+        return self.conv3(torch.cat(spo, 1))
 
 
 for _block, _se_block, _last in (
