@@ -11,6 +11,7 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
+from se_plugins.insert import norm_scale_add as norm_scale_add_module
 from se_plugins.insert.scale_add import ScaleAdd, norm_with_affine
 from tests.conftest import randomize_norm_stats
 
@@ -129,9 +130,12 @@ def _grads(model: nn.Module, x: torch.Tensor, target: torch.Tensor, state: dict)
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("fused_min_elements", [0, 2**18], ids=["norm-fused", "norm-own-backward"])
 @pytest.mark.parametrize("kind", list(_MODELS))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_model_gradients_equal_the_plain_implementation(kind, training):
+def test_model_gradients_equal_the_plain_implementation(kind, training, fused_min_elements, monkeypatch):
+    # every block of these small test inputs is below the default size for the fused norm backward: both forms
+    monkeypatch.setattr(norm_scale_add_module, "FUSED_MIN_ELEMENTS", fused_min_elements)
     # float64: train-mode BatchNorm over the few values of a small test batch's last stage is ill-conditioned (an
     # fp32 rounding difference can grow ~1e5-fold there, for the plain SE as much as for ours); in float64 the same
     # amplification stays far below 1e-6
@@ -192,8 +196,10 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
+@pytest.mark.parametrize("fused_min_elements", [0, 2**18], ids=["norm-fused", "norm-own-backward"])
 @pytest.mark.parametrize("base_name", ["resnet50", "resnet18"])
-def test_training_keeps_only_gate_sized_tensors_beyond_the_base(base_name):
+def test_training_keeps_only_gate_sized_tensors_beyond_the_base(base_name, fused_min_elements, monkeypatch):
+    monkeypatch.setattr(norm_scale_add_module, "FUSED_MIN_ELEMENTS", fused_min_elements)
     se_name = f"se_plugin_{base_name}"
     torch.manual_seed(0)
     base, ours = timm.create_model(base_name).train(), timm.create_model(se_name).train()
