@@ -70,15 +70,26 @@ def assert_intermediates_match(ours: torch.nn.Module, base: torch.nn.Module, x: 
     return final, inter
 
 
-def assert_features_match_base(arch: str, reductions: list[int], *, exact: bool = True, **kwargs):
-    """``features_only`` twin of ``arch`` (``kwargs``: e.g. the pretrained file) has SE and the ``reductions``, and its
-    features equal the base's (bit for bit when ``exact``, else ``same_ops_close``). Returns the twin."""
+def assert_features_match_base(
+    arch: str,
+    reductions: list[int],
+    *,
+    exact: bool = True,
+    x: torch.Tensor | None = None,
+    se_count: int | None = None,
+    **kwargs,
+):
+    """``features_only`` twin of ``arch`` (``kwargs``: e.g. the pretrained file) has SE (``se_count`` modules when
+    given) and the ``reductions``, and its features of ``x`` (default ``batch()``) equal the base's (bit for bit when
+    ``exact``, else ``same_ops_close``). Returns the twin."""
     close = torch.equal if exact else same_ops_close
+    x = batch() if x is None else x
     feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
     base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
     assert se_modules(feats) and feats.feature_info.reduction() == reductions
+    assert se_count is None or len(se_modules(feats)) == se_count
     with torch.no_grad():
-        assert all(close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert all(close(a, b) for a, b in zip(feats(x), base_feats(x), strict=True))
     return feats
 
 

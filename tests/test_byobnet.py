@@ -12,11 +12,12 @@ from timm.utils import reparameterize_model
 from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
-from se_plugins import add_se, has_se, se_modules
+from se_plugins import add_se, se_modules
 from se_plugins.models.byobnet import has_attention
 from tests.conftest import random_se, randomize_norm_stats, rounding_tolerance
 from tests.family_checks import (
     SE_KEYS,
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -148,10 +149,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     base, ours, kwargs = pretrained_from_base(ARCH, tmp_path)
     with torch.no_grad():
         assert torch.equal(ours(batch()), base(batch()))
-        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
-        assert has_se(feats) and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_features_match_base(ARCH, [2, 4, 8, 16, 32], **kwargs)
         assert_intermediates_match(ours, base, batch())
 
 

@@ -10,10 +10,11 @@ from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
-from se_plugins import add_se, has_se, se_modules, set_se_fused
+from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -185,10 +186,7 @@ def test_pretrained_base_weights_through_timm(arch, tmp_path):
     base, ours, kwargs = pretrained_from_base(arch, tmp_path, prepare=_trained_like)
     with torch.no_grad():
         assert same_ops_close(ours(batch()), base(batch()))
-        feats = timm.create_model(f"se_plugin_{arch}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(arch, features_only=True, **kwargs).eval()
-        assert has_se(feats) and feats.feature_info.reduction() == [4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_features_match_base(arch, [4, 8, 16, 32], exact=False, **kwargs)
         assert_intermediates_match(ours, base, batch(), exact=False)
 
 

@@ -20,6 +20,7 @@ from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -127,10 +128,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
         assert torch.equal(ours(batch()), base(batch()))
-        feats = timm.create_model("se_plugin_densenet121", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model("densenet121", features_only=True, **kwargs).eval()
-        assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 8
-        assert all(torch.equal(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_features_match_base("densenet121", [2, 4, 8, 16, 32], se_count=8, **kwargs)
         assert_intermediates_match(ours, base, batch())
     # a fine-tuned twin's own checkpoint (SE keys included) loads back through the same mechanism
     torch.save(random_se(ours).state_dict(), tmp_path / "twin.pth")

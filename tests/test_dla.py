@@ -12,6 +12,7 @@ from se_plugins import add_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -114,10 +115,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     with torch.no_grad():
         assert torch.equal(ours(x), base(x))
         assert_intermediates_match(ours, base, x)
-        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
-        assert len(se_modules(feats)) == 12 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(torch.equal(a, b) for a, b in zip(feats(x), base_feats(x), strict=True))
+        assert_features_match_base(ARCH, [2, 4, 8, 16, 32], x=x, se_count=12, **kwargs)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ MBConv), and torchvision's MNASNet: SE fills each block's own slot, after the de
 conv), on the expanded channels, before the linear projection, as MobileNetV3/MnasNet-A1/EfficientNet have it.
 """
 
-
 import pytest
 import timm
 import torch
@@ -18,6 +17,7 @@ from se_plugins import add_se, has_se, se_modules
 from se_plugins.models import efficientnet as se_efficientnet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -160,10 +160,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     assert all(se.gate_gain.item() == 2.0 for se in se_modules(ours).values())
     with torch.no_grad():
         assert same_ops_close(ours(batch()), base(batch()))
-        feats = timm.create_model(f"se_plugin_{REP}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(REP, features_only=True, **kwargs).eval()
-        assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and len(se_modules(feats)) == 16
-        assert all(same_ops_close(a, b) for a, b in zip(feats(batch()), base_feats(batch()), strict=True))
+        assert_features_match_base(REP, [2, 4, 8, 16, 32], exact=False, se_count=16, **kwargs)
         assert_intermediates_match(ours, base, batch(), exact=False)
 
 

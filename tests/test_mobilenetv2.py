@@ -17,6 +17,7 @@ from se_plugins import add_se, has_se, se_modules, set_se_fused
 from se_plugins.segmentation import se_unet
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
+    assert_features_match_base,
     assert_intermediates_match,
     compile_matches_eager,
     count_params,
@@ -135,11 +136,7 @@ def test_pretrained_base_weights_through_timm(base_file):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
-        feats = timm.create_model(f"se_plugin_{SMALL_ARCH}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(SMALL_ARCH, features_only=True, **kwargs).eval()
-        assert feats.feature_info.reduction() == [2, 4, 8, 16, 32] and has_se(feats)
-        for a, b in zip(feats(x), base_feats(x), strict=True):
-            assert same_ops_close(a, b)
+        assert_features_match_base(SMALL_ARCH, [2, 4, 8, 16, 32], exact=False, x=x, **kwargs)
         assert_intermediates_match(ours, base, x, exact=False)
 
 

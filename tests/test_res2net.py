@@ -3,7 +3,6 @@
 That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
 """
 
-
 import pytest
 import timm
 import torch
@@ -16,6 +15,7 @@ from se_plugins import add_se, has_se, se_modules
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
+    assert_features_match_base,
     assert_identity_init,
     assert_intermediates_match,
     batch,
@@ -92,10 +92,7 @@ def test_pretrained_base_weights_through_timm(tmp_path):
     with torch.no_grad():
         assert same_ops_close(ours(x), base(x))
         assert_intermediates_match(ours, base, x, exact=False)
-        feats = timm.create_model(f"se_plugin_{ARCH}", features_only=True, **kwargs).eval()
-        base_feats = timm.create_model(ARCH, features_only=True, **kwargs).eval()
-        assert len(se_modules(feats)) == 16 and feats.feature_info.reduction() == [2, 4, 8, 16, 32]
-        assert all(same_ops_close(a, b) for a, b in zip(feats(x), base_feats(x), strict=True))
+        assert_features_match_base(ARCH, [2, 4, 8, 16, 32], exact=False, x=x, se_count=16, **kwargs)
 
 
 @pytest.mark.slow
