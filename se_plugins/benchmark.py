@@ -38,11 +38,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
-from .insert import SEResidualBlock, set_se_fused
+from .insert import SEResidualBlock, add_se, se_modules, set_se_fused
 from .models import PREFIX
 
 TASKS = ("classification", "detection", "segmentation")
 MODES = ("infer", "train")
+TORCHVISION = "torchvision."  # --model torchvision.NAME: torchvision's classification model NAME
 # SE modules of other libraries (timm's seresnet*, torchvision's) whose pool + scale work is counted too.
 _FOREIGN_SE = ("SEModule", "EffectiveSEModule", "SqueezeExcite", "SqueezeExcitation")
 
@@ -53,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a(
         "--model",
         default="se_plugin_resnet50",
-        help="SE model: a timm name (default se_plugin_resnet50); "
+        help="SE model: a timm name (default se_plugin_resnet50); classification also takes torchvision's models "
+        "as torchvision.NAME, and se_plugin_torchvision.NAME for add_se on it (e.g. se_plugin_torchvision.googlenet); "
         "detection also takes a se_plugins.detection builder name (fasterrcnn_se_resnet50_fpn)",
     )
     a("--base", default=None, help="baseline model (default: --model without 'se_plugin_' / '_se')")
@@ -114,6 +116,8 @@ def _default_base(task: str, model: str) -> str:
 
 def _build(task: str, name: str, num_classes: int, image_size: int) -> nn.Module:
     try:
+        if task == "classification" and name.removeprefix(PREFIX).startswith(TORCHVISION):
+            return _build_torchvision(name, num_classes)
         if task == "classification":  # SE with the paper's random init: gates spread like a trained model's
             se_init = {"se_init": "random"} if name.startswith(PREFIX) else {}
             return timm.create_model(name, pretrained=False, num_classes=num_classes, **se_init)
@@ -126,6 +130,20 @@ def _build(task: str, name: str, num_classes: int, image_size: int) -> nn.Module
         if "Unknown model" in str(e) or "Invalid model" in str(e):
             raise ConfigError(f"--model/--base/--compare: unknown timm model {name!r}") from None
         raise
+
+
+def _build_torchvision(name: str, num_classes: int) -> nn.Module:
+    """``torchvision.NAME``: torchvision's classification builder; ``se_plugin_torchvision.NAME``: ``add_se`` on it
+    with the paper's random init (the families without a timm twin: GoogLeNet, ShuffleNetV2)."""
+    import torchvision
+
+    builder = name.removeprefix(PREFIX).removeprefix(TORCHVISION)
+    if builder not in torchvision.models.list_models(torchvision.models):
+        raise ConfigError(f"--model/--base/--compare: {name!r}: torchvision has no classification model {builder!r}")
+    # GoogLeNet and Inception-v3: no auxiliary heads, so the training step's output is the logits alone
+    aux = {"aux_logits": False, "init_weights": True} if builder in ("googlenet", "inception_v3") else {}
+    model = torchvision.models.get_model(builder, weights=None, num_classes=num_classes, **aux)
+    return add_se(model, init="random") if name.startswith(PREFIX) else model
 
 
 def _build_detector(name: str, num_classes: int, image_size: int) -> nn.Module:
@@ -202,33 +220,23 @@ def count_flops(model: nn.Module, x: Any) -> int:
 
 
 def se_pool_scale_flops(model: nn.Module, x: Any) -> tuple[int, int]:
-    """``(number of SE sites, pool + scale work of one inference forward)``: 2 * N*C*H*W per SE block.
+    """``(number of SE sites, pool + scale work of one inference forward)``: 2 * N*C*H*W per SE application.
 
     Counts the elementwise work FlopCounterMode leaves out: the global average pool (one add per element) and the
-    channel scale (one multiply per element) of every SE, whichever way it is implemented (fused or not).
+    channel scale (one multiply per element) of every SE, ours and other libraries'. Counted on the plain form (a
+    copy, ``set_se_fused(copy, False)``), where every SE is one module call on the tensor it scales -- the block
+    output, a residual branch or, in the slot families, the expanded channels inside the block: the same work as
+    the fused form's.
     """
+    plain = set_se_fused(copy.deepcopy(model), False).eval()
+    se = {id(m): m for m in se_modules(plain).values()}
+    se.update({id(m): m for m in plain.modules() if type(m).__name__ in _FOREIGN_SE})
     elements: list[int] = []
-    handles = []
-    owned = set()
-    for m in model.modules():
-        if isinstance(m, SEResidualBlock):
-            owned.add(id(m.se))
-            pre = m.se_position == "pre"
-            handles.append(
-                m.register_forward_hook(
-                    lambda mod, inp, out, pre=pre: elements.append((inp[0] if pre else out).numel())
-                )
-            )
-    for m in model.modules():
-        if type(m).__name__ in _FOREIGN_SE and id(m) not in owned:
-            handles.append(m.register_forward_hook(lambda mod, inp, out: elements.append(inp[0].numel())))
-    was_training = model.training
-    model.eval()
+    handles = [m.register_forward_pre_hook(lambda mod, inp: elements.append(inp[0].numel())) for m in se.values()]
     try:
         with torch.no_grad():
-            model(x)
+            plain(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return len(elements), 2 * sum(elements)

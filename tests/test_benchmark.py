@@ -14,7 +14,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import se_plugins  # noqa: F401  (registers se_plugin_* with timm)
-from se_plugins import add_se, benchmark, set_se_fused
+from se_plugins import add_se, benchmark, se_modules, set_se_fused
 from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,37 @@ def test_detection_task_compares_faster_rcnns():
     assert se["se_pool_scale_flops"] == _pool_scale_by_hand(1, 64)
     # no RPN NMS: both detectors see the same number of proposals, so they differ only by the SE's FC FLOPs
     assert 0 < se["flops"] - base["flops"] < 1e-3 * base["flops"]
+
+
+def test_pool_scale_work_is_counted_on_the_tensor_se_scales():
+    # a slot family: SE scales the depthwise conv's output (the expanded channels), not the narrower block output
+    model = timm.create_model("se_plugin_mobilenetv2_050").eval()
+    x = torch.rand(2, 3, 64, 64)
+    blocks = [m for m in model.modules() if hasattr(m, "se") and hasattr(m, "conv_dw")]
+    scaled = []
+    hooks = [b.conv_dw.register_forward_hook(lambda mod, inp, out: scaled.append(out.numel())) for b in blocks]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    assert len(scaled) == len(se_modules(model)) == 17
+    assert benchmark.se_pool_scale_flops(model, x) == (17, 2 * sum(scaled))
+
+
+def test_torchvision_models_without_a_timm_twin():
+    args = _args("--model", "se_plugin_torchvision.shufflenet_v2_x0_5", "--mode", "train", "--no-memory", *TINY)
+    data = benchmark.run(args)
+    base, ours = torchvision.models.shufflenet_v2_x0_5(), add_se(torchvision.models.shufflenet_v2_x0_5())
+    assert list(data["models"]) == ["torchvision.shufflenet_v2_x0_5", "se_plugin_torchvision.shufflenet_v2_x0_5"]
+    info = data["models"]["se_plugin_torchvision.shufflenet_v2_x0_5"]
+    assert info["params"] == sum(p.numel() for p in ours.parameters())
+    assert data["models"]["torchvision.shufflenet_v2_x0_5"]["params"] == sum(p.numel() for p in base.parameters())
+    assert info["se_sites"] == len(se_modules(ours)) == 16
+    assert math.isfinite(data["ratios"]["train"]["se_plugin_torchvision.shufflenet_v2_x0_5"]["latency"]["median"])
+    googlenet = benchmark._build("classification", "se_plugin_torchvision.googlenet", 10, 64)  # no aux heads
+    assert googlenet.aux1 is None and len(se_modules(googlenet)) == 9
+    with pytest.raises(ValueError, match="torchvision has no classification model 'resnet5'"):
+        benchmark.run(_args("--model", "se_plugin_torchvision.resnet5", *TINY))
 
 
 def test_bad_input_is_a_clear_error(capsys):
