@@ -47,7 +47,8 @@ __all__ = ["SEGMENTATION_MODELS", "SEUnet", "add_decoder_se", "decoder_se_module
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 TIMM_PREFIX = "tu-"
 SUPPORTED_ENCODERS = (
-    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'densenet*', 'vgg*', "
+    f"smp ResNet encoders ({', '.join(smp_resnet_encoders)}), smp 'mobilenet_v2', 'densenet*', 'vgg*', 'dpn*', "
+    "'inceptionv4', 'inceptionresnetv2', 'xception', "
     "'tu-<timm ResNet family>' (tu-resnet50d, tu-resnext50_32x4d, tu-wide_resnet50_2, ...), 'tu-resnetv2_*', "
     "'tu-regnetx_*', 'tu-mobilenetv2_*' (and the other SE-less efficientnet-builder nets), 'tu-densenet*', "
     "timm's CSPNet/DarkNet, BYOB (RepVGG, MobileOne, ...) and ConvNeXt encoders without attention, and "

@@ -13,8 +13,9 @@ ConvNeXt V1/V2 ``ConvNeXtBlock`` and torchvision's ConvNeXt ``CNBlock``, the den
 DenseNet (SE on each layer's new features) and the conv units of their VGGs (SE after each conv's ReLU; sites found
 by the VGG container, :func:`register_se_sites`), the Inception-v3 modules of timm and torchvision, torchvision's
 GoogLeNet ``Inception``, timm's Inception-v4 modules (SE on the module output), timm's Inception-ResNet-v2
-``Block35/17/8``, torchvision's ShuffleNetV2 ``InvertedResidual`` and timm's Xception blocks (legacy ``Block``,
-aligned ``XceptionModule`` and ``PreXceptionModule``). A block gets SE by switching its class to an SE subclass
+``Block35/17/8``, torchvision's ShuffleNetV2 ``InvertedResidual``, timm's Xception blocks (legacy ``Block``,
+aligned ``XceptionModule`` and ``PreXceptionModule``) and smp's own DPN, Inception-v4, Inception-ResNet-v2 and
+Xception encoders (the same placements as timm's). A block gets SE by switching its class to an SE subclass
 (module-level, so models stay picklable, scriptable, traceable, compilable and exportable) and adding the submodule
 ``se`` (or filling the block's own attention slot): existing state-dict keys never change.
 :func:`register_se_block` makes a user's own block class supported.
@@ -22,6 +23,10 @@ aligned ``XceptionModule`` and ``PreXceptionModule``). A block gets SE by switch
 
 from . import (  # noqa: F401  (register the adapters)
     densenet,
+    smp_dpn,
+    smp_inception_resnet_v2,
+    smp_inception_v4,
+    smp_xception,
     timm_byobnet,
     timm_convnext,
     timm_cspnet,

@@ -64,14 +64,15 @@ class SETimmDualPathBlock(SEResidualBlock, timm_dpn.DualPathBlock):
         return torch.cat([resid, x_s2, out2], dim=1)
 
 
-def _channels(block: nn.Module, position: str) -> int:
+def residual_path_channels(block: nn.Module, position: str) -> int:
+    """SE width of a dual path block: its residual path's ``num_1x1_c`` channels."""
     return block.num_1x1_c
 
 
 register_se_block(
     timm_dpn.DualPathBlock,
     SETimmDualPathBlock,
-    channels=_channels,
+    channels=residual_path_channels,
     positions=("standard",),
     stage=stage_from_dpn_name,
     description="timm DPN DualPathBlock (SE on the residual path's branch, before the add)",

@@ -34,36 +34,46 @@ class _Residual:
         return self.conv2d(out) * self.scale
 
 
-class SETimmBlock35(_Residual, SEResidualBlock, timm_irv2.Block35):
-    """timm ``Block35`` (Inception-ResNet-A) with SE on the scaled residual branch."""
+class ThreeBranches(_Residual):
+    """``Block35``'s branch: three conv branches, concatenated, through the scaled ``conv2d``."""
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.scaled(torch.cat((self.branch0(x), self.branch1(x), self.branch2(x)), 1))
 
+
+class TwoBranches(_Residual):
+    """``Block17``'s and ``Block8``'s branch: two conv branches, concatenated, through the scaled ``conv2d``."""
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scaled(torch.cat((self.branch0(x), self.branch1(x)), 1))
+
+
+class SETimmBlock35(ThreeBranches, SEResidualBlock, timm_irv2.Block35):
+    """timm ``Block35`` (Inception-ResNet-A) with SE on the scaled residual branch."""
+
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x)
 
 
-class SETimmBlock17(_Residual, SEResidualBlock, timm_irv2.Block17):
+class SETimmBlock17(TwoBranches, SEResidualBlock, timm_irv2.Block17):
     """timm ``Block17`` (Inception-ResNet-B) with SE on the scaled residual branch."""
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaled(torch.cat((self.branch0(x), self.branch1(x)), 1))
-
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x)
 
 
-class SETimmBlock8(_Residual, SEResidualBlock, timm_irv2.Block8):
+class SETimmBlock8(TwoBranches, SEResidualBlock, timm_irv2.Block8):
     """timm ``Block8`` (Inception-ResNet-C) with SE on the scaled residual branch; ``block8`` has no final ReLU."""
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaled(torch.cat((self.branch0(x), self.branch1(x)), 1))
 
     def final_act(self, x: torch.Tensor) -> torch.Tensor:
         if self.relu is not None:
             return self.relu(x)
         return x
+
+
+def branch_channels(block: torch.nn.Module, position: str) -> int:
+    """SE width of an Inception-ResNet module: its branch's, the output of the 1x1 ``conv2d``."""
+    return block.conv2d.out_channels
 
 
 for _block, _se_block, _stage in (
@@ -74,7 +84,7 @@ for _block, _se_block, _stage in (
     register_se_block(
         _block,
         _se_block,
-        channels=lambda block, position: block.conv2d.out_channels,
+        channels=branch_channels,
         stage=lambda name, stage=_stage: stage,
         num_stages=3,
         description=f"timm Inception-ResNet-v2 {_block.__name__}",

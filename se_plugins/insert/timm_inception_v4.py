@@ -35,7 +35,7 @@ def _sum_out(*names: str) -> Callable[[nn.Module], int]:
 
 
 # (stage, width of the concatenated output: conv branches + the input's channels through a max-pool branch)
-_MODULES: dict[str, tuple[int, Callable[[nn.Module], int]]] = {
+MODULES: dict[str, tuple[int, Callable[[nn.Module], int]]] = {
     "Mixed3a": (1, lambda b: _out(b.conv) + _in(b.conv)),
     "Mixed4a": (1, _sum_out("branch0", "branch1")),
     "Mixed5a": (1, lambda b: _out(b.conv) + _in(b.conv)),
@@ -85,7 +85,7 @@ _SE_CLASSES = {
     "InceptionC": SETimmInceptionV4C,
 }  # fmt: skip
 
-for _name, (_stage, _width) in _MODULES.items():
+for _name, (_stage, _width) in MODULES.items():
     register_se_block(
         getattr(timm_iv4, _name),
         _SE_CLASSES[_name],

@@ -31,7 +31,8 @@ timm_aligned = importlib.import_module("timm.models.xception_aligned")
 _LEGACY_STAGE_RE = re.compile(r"(?:^|[._])block(\d+)$")
 
 
-def _legacy_stage(name: str) -> int | None:
+def legacy_stage(name: str) -> int | None:
+    """Stage of a legacy Xception block named ``...block<i>``: 1 = entry flow (1..3), 2 = middle (4..11), 3 = exit."""
     match = _LEGACY_STAGE_RE.search(name)
     if match is None:
         return None
@@ -39,8 +40,9 @@ def _legacy_stage(name: str) -> int | None:
     return 1 if index <= 3 else 2 if index <= 11 else 3
 
 
-class SETimmXceptionBlock(SEResidualBlock, timm_xception.Block):
-    """timm ``legacy_xception`` ``Block`` with SE on ``rep``'s output, before the add."""
+class LegacyBlockResidual:
+    """The original (Keras-port) Xception ``Block``'s parts, as timm's ``legacy_xception`` and smp have it: the
+    branch ``rep``, a projection shortcut ``skip`` + ``skipbn`` (or the identity), no activation after the add."""
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.rep(x)
@@ -54,17 +56,22 @@ class SETimmXceptionBlock(SEResidualBlock, timm_xception.Block):
         return x
 
 
-def _legacy_channels(block: nn.Module, position: str) -> int:
+class SETimmXceptionBlock(LegacyBlockResidual, SEResidualBlock, timm_xception.Block):
+    """timm ``legacy_xception`` ``Block`` with SE on ``rep``'s output, before the add."""
+
+
+def legacy_channels(block: nn.Module, position: str) -> int:
+    """SE width of a legacy Xception ``Block``: its input's (``pre``) or its last BN's channels."""
     if position == "pre":
-        return next(m for m in block.rep if isinstance(m, timm_xception.SeparableConv2d)).conv1.in_channels
+        return next(m for m in block.rep if type(m).__name__ == "SeparableConv2d").conv1.in_channels
     return [m for m in block.rep if isinstance(m, nn.BatchNorm2d)][-1].num_features
 
 
 register_se_block(
     timm_xception.Block,
     SETimmXceptionBlock,
-    channels=_legacy_channels,
-    stage=_legacy_stage,
+    channels=legacy_channels,
+    stage=legacy_stage,
     num_stages=3,
     description="timm legacy Xception Block",
 )
