@@ -73,3 +73,23 @@ def test_dpn_fused_equals_plain():
     plain = set_se_fused(copy.deepcopy(fused), False)
     with torch.no_grad():
         assert same_ops_close(fused(batch()), plain(batch()))  # addcmul vs multiply-then-add: one rounding per block
+
+
+@pytest.mark.parametrize("encoder", ["dpn68", "inceptionv4", "inceptionresnetv2", "xception"])
+def test_smp_encoder_contracts(encoder, rng_input):
+    """smp's encoder contracts with SE in: ``in_channels``, ``depth`` (feature count and strides), and for DPN (the
+    only one of the four smp lets dilate) ``output_stride``; backward reaches every SE."""
+    for in_channels, depth in ((1, 5), (4, 5), (3, 3)):
+        module = add_se(smp.encoders.get_encoder(encoder, weights=None, in_channels=in_channels, depth=depth))
+        features = module(rng_input(1, in_channels, 64, 64))
+        assert [64 // f.shape[-1] for f in features] == [1, 2, 4, 8, 16, 32][: depth + 1]
+        assert [f.shape[1] for f in features] == list(module.out_channels)
+        if depth == 5:  # a shallower encoder may keep the deeper blocks (unused)
+            features[-1].mean().backward()
+            assert_se_grads(module)
+    if encoder == "dpn68":
+        for stride in (8, 16):
+            module = add_se(smp.encoders.get_encoder(encoder, weights=None, output_stride=stride)).eval()
+            with torch.no_grad():
+                features = module(rng_input(1, 3, 64, 64))
+            assert [64 // f.shape[-1] for f in features] == [min(stride, s) for s in (1, 2, 4, 8, 16, 32)]
