@@ -209,9 +209,13 @@ def _graph_node_names(output: torch.Tensor) -> list[str]:
         (lambda: timm.create_model("se_plugin_dla34"), torch.float32),  # DlaBasic
         (lambda: timm.create_model("se_plugin_dla46_c"), torch.float32),  # DlaBottleneck
         (lambda: timm.create_model("se_plugin_dla60_res2net"), torch.float32),  # DlaBottle2neck
+        (lambda: timm.create_model("se_plugin_res2net50_14w_8s"), torch.float32),  # Bottle2neck
         (lambda: timm.create_model("se_plugin_resnet18"), torch.bfloat16),  # half precision: ScaleAdd alone
     ],
-    ids=["timm-basic-fp32", "torchvision-frozen-bn-fp64", "dla-basic", "dla-bottleneck", "dla-res2net", "timm-bf16"],
+    ids=[
+        "timm-basic-fp32", "torchvision-frozen-bn-fp64", "dla-basic", "dla-bottleneck", "dla-res2net", "res2net",
+        "timm-bf16",
+    ],  # fmt: skip
 )
 def test_eager_training_takes_the_fused_backward(build, dtype):
     """Every SE block of a ResNet or DLA uses it in eager float training: one node per block in the graph."""

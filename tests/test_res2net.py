@@ -1,7 +1,9 @@
-"""SE in timm's Res2Net / Res2NeXt: ``se_plugin_res2net*`` twins, SE in ``Bottle2neck``'s slot after bn3.
+"""SE in timm's Res2Net / Res2NeXt: ``se_plugin_res2net*`` twins, SE after ``Bottle2neck``'s bn3 (its ``se`` slot).
 
 That is the Res2Net paper's SE-Res2Net: SE right before the residual add.
 """
+
+import copy
 
 import pytest
 import timm
@@ -11,7 +13,7 @@ from timm.models import res2net as timm_res2net
 from timm.models.resnet import ResNet
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
-from se_plugins import add_se, has_se, se_modules
+from se_plugins import SE_POSITIONS, add_se, has_se, se_modules, set_se_fused
 from tests.conftest import random_se, randomize_norm_stats, same_ops_close
 from tests.family_checks import (
     SE_KEYS,
@@ -60,7 +62,7 @@ def test_identity_init_keeps_outputs_and_keys():
 
 def test_se_sits_after_bn3_before_the_add():
     torch.manual_seed(0)
-    model = random_se(add_se(_tiny(), init="random"))
+    model = set_se_fused(random_se(add_se(_tiny(), init="random")), False)  # the plain form calls se(out)
     block = model.layer2[0]  # strided, projection shortcut
     seen = {}
     block.bn3.register_forward_hook(lambda m, i, o: seen.update(bn3=o.clone()))
@@ -73,12 +75,24 @@ def test_se_sits_after_bn3_before_the_add():
     assert (block.se.channels, block.se.hidden_channels) == (512, 32)
 
 
+@pytest.mark.parametrize("position", SE_POSITIONS)
+def test_every_position_starts_as_the_identity(position):
+    torch.manual_seed(0)
+    model = randomize_norm_stats(_tiny()).eval()
+    assert_identity_init(model, batch(), position=position)
+
+
+def test_fused_equals_plain():
+    fused = random_se(add_se(_tiny(), init="random"))
+    plain = set_se_fused(copy.deepcopy(fused), False)
+    with torch.no_grad():
+        assert same_ops_close(fused(batch()), plain(batch()))  # addcmul vs multiply-then-add: one rounding per block
+
+
 def test_options_and_errors():
     model = add_se(_tiny(), stages=(3, 4), reduction=8)
     assert sorted(se_modules(model)) == ["layer3.0.se", "layer4.0.se"]
     assert model.layer3[0].se.hidden_channels == make_divisible(1024 / 8, 8)
-    with pytest.raises(ValueError, match=r"position 'pre' is not supported by timm Res2Net Bottle2neck"):
-        add_se(_tiny(), position="pre")
     with pytest.raises(ValueError, match="already has SE"):
         add_se(add_se(_tiny()))
     with pytest.raises(ValueError, match="already has SE"):  # timm's own attention in the same slot

@@ -7,6 +7,8 @@ import pytest
 import timm
 import torch
 import torchvision
+from timm.models.res2net import Bottle2neck
+from timm.models.resnet import ResNet
 from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
@@ -109,6 +111,10 @@ _MODELS = {
     "timm_basic": lambda: timm.create_model("se_plugin_resnet18", num_classes=10),
     "torchvision_basic": lambda: add_se(torchvision.models.resnet18(num_classes=10)),
     "timm_dla_bottleneck": lambda: timm.create_model("se_plugin_dla46_c", num_classes=10),
+    "timm_res2net": lambda: add_se(  # one Bottle2neck per stage, the multi-scale split of 4 groups
+        ResNet(block=Bottle2neck, layers=(1, 1, 1, 1), base_width=4, cardinality=4, block_args=dict(scale=4),
+               num_classes=10)  # fmt: skip
+    ),
     "torchvision_frozen_bn": lambda: add_se(  # the detection backbones' norm
         torchvision.models.resnet50(num_classes=10, norm_layer=torchvision.ops.misc.FrozenBatchNorm2d)
     ),

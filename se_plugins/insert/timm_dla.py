@@ -19,6 +19,7 @@ from timm.models import dla as timm_dla
 
 from .block import SEResidualBlock, _can_write_in_place
 from .registry import conv_channels, register_se_block
+from .timm_res2net import Res2NetMultiScale
 
 _LEVEL_RE = re.compile(r"(?:^|[._])level(\d+)(?:[._]|$)")
 _FIRST_BLOCK_LEVEL = 2
@@ -86,7 +87,7 @@ class SETimmDlaBottleneck(_DlaSE, timm_dla.DlaBottleneck):
         return self.bn3(self.residual_before_norm(x))
 
 
-class SETimmDlaBottle2neck(_DlaSE, timm_dla.DlaBottle2neck):
+class SETimmDlaBottle2neck(Res2NetMultiScale, _DlaSE, timm_dla.DlaBottle2neck):
     """timm ``DlaBottle2neck`` (DLA-Res2Net/Res2NeXt) with SE after bn3, before the add (as SE-Res2Net)."""
 
     last_norm = "bn3"
@@ -95,18 +96,7 @@ class SETimmDlaBottle2neck(_DlaSE, timm_dla.DlaBottle2neck):
         return self.bn3(self.residual_before_norm(x))
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        # Res2Net's multi-scale branch: channel groups of ``width``; each 3x3 also sees the previous group's output,
-        # except in the first (strided) block, whose last group is average-pooled instead of passed on.
-        spx = torch.split(self.relu(self.bn1(self.conv1(x))), self.width, 1)
-        spo = []
-        sp = spx[0]
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):  # noqa: B905 (TorchScript: no strict=)
-            sp = spx[i] if i == 0 or self.is_first else sp + spx[i]
-            sp = self.relu(bn(conv(sp)))
-            spo.append(sp)
-        if self.scale > 1:
-            spo.append(self.pool(spx[-1]) if self.pool is not None else spx[-1])
-        return self.conv3(torch.cat(spo, 1))
+        return self.conv3(self.multi_scale(x))
 
 
 for _block, _se_block, _last in (

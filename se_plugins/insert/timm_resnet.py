@@ -30,7 +30,7 @@ def stage_from_resnet_or_hrnet_name(name: str) -> int | None:
     return HRNET_HEAD_STAGE if _HRNET_HEAD_RE.search(name) else None
 
 
-class _TimmDropPath:
+class TimmDropPath:
     """timm blocks carry ``drop_path`` (None or a DropPath module)."""
 
     def branch_drop(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ class _TimmDropPath:
         return self.drop_path is not None and self.training
 
 
-class SETimmBasicBlock(_TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
+class SETimmBasicBlock(TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
     """timm ``BasicBlock`` with SE."""
 
     last_norm = "bn2"
@@ -58,7 +58,7 @@ class SETimmBasicBlock(_TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
         return self.act2(x)
 
 
-class SETimmBottleneck(_TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
+class SETimmBottleneck(TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
     """timm ``Bottleneck`` with SE."""
 
     last_norm = "bn3"
