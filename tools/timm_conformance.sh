@@ -25,12 +25,13 @@ elif [[ $all == 1 ]]; then
   models=$(python -c "import timm, se_plugins; print(' '.join(timm.list_models('se_plugin_*')))")
 else
   # basic block, bottleneck, ResNet-D, ResNet-T, ResNeXt, wide, AA, blur; then one small arch of the other families
-  # (the heavy ones -- VGG, DenseNet, Res2Net, Inception, Xception -- only in --all / SE_MODELS runs: CI time)
+  # (the heavy ones -- VGG, DenseNet, Inception, Xception -- only in --all / SE_MODELS runs: CI time; Res2Net's
+  # smallest is here, its block runs our forward)
   models="se_plugin_resnet18 se_plugin_resnet50 se_plugin_resnet26d se_plugin_resnet10t se_plugin_resnext50_32x4d
           se_plugin_wide_resnet50_2 se_plugin_resnetaa34d se_plugin_resnetblur18
           se_plugin_resnetv2_18 se_plugin_mobilenetv2_050 se_plugin_regnetx_002 se_plugin_efficientnet_es
           se_plugin_dla46_c se_plugin_dpn48b se_plugin_hrnet_w18_small se_plugin_cs3darknet_s se_plugin_repvgg_a0
-          se_plugin_convnext_atto se_plugin_mobilenetv4_conv_small"
+          se_plugin_convnext_atto se_plugin_mobilenetv4_conv_small se_plugin_res2net50_14w_8s"
 fi
 markers=(-m "base or forward or backward or cfg or cfg_nonstd or torchscript or features or fxforward or fxbackward")
 
