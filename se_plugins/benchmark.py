@@ -322,7 +322,10 @@ def peak_memory_bytes(step: Callable, device: torch.device) -> int:
     """Peak memory allocated by torch during one ``step`` above what was allocated before it.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the running "Total Allocated" of the torch.profiler memory
-    events (every CPU tensor allocation and free during the step).
+    events (every CPU tensor allocation and free during the step). Measure each model once, after steps run outside
+    the profiler (as :func:`run` does): a profiling session also counts the frees of tensors allocated in an earlier
+    session (e.g. the previous step's gradients, freed by ``zero_grad``), so a repeated call on one model starts
+    from another baseline (seen: 78 MiB, then 27 MiB for the same HRNet step).
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
