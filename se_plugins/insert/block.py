@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
 
@@ -102,11 +103,25 @@ class SEResidualBlock:
         out, affine = normed
         return ScaleAdd.apply(shortcut, out, self.se.gate(out), z, *affine)
 
+    @torch.jit.unused
+    def _fixed_norm_add_compiled(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
+        """``shortcut + residual(x) * gate`` under ``torch.compile`` / ``torch.export`` when the last norm applies
+        fixed statistics: its affine map inside the pool and the scale-add (``fixed_norm_add.py``); None elsewhere."""
+        norm_name = getattr(type(self), "last_norm", None)
+        if norm_name is None or not torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy):
+            return None
+        norm = getattr(self, norm_name)
+        if fixed_norm_affine(norm) is None:
+            return None
+        return fixed_norm_scale_add(norm, self.residual_before_norm(x), shortcut, self.se)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         if self.se_position == "standard" and self.se_fused and not self.drop_path_active():
             if not torch.jit.is_scripting():
                 added = self._fused_add_in_training(x, shortcut)
+                if added is None:
+                    added = self._fixed_norm_add_compiled(x, shortcut)
                 if added is not None:
                     return self.final_act(added)
         if self.se_position == "pre":

@@ -1,0 +1,45 @@
+"""The fused SE add of a block whose last norm applies fixed statistics, for compiled graphs.
+
+An eval-mode BatchNorm (and torchvision's ``FrozenBatchNorm2d``, always) is a per-channel affine map,
+``out = (z - mean) * a + beta``. So SE's pool of the norm output is the same affine map of the pool of its input,
+``mean_hw out = (mean_hw z - mean) * a + beta``, and ``shortcut + out * gate`` can take the affine map inside the
+scale-add. Written that way, ``torch.compile`` (inductor) reads ``z`` twice -- once for the pool, once in the
+pointwise scale-add-activation kernel -- and never writes the norm output, where pooling the norm output makes it
+write that block-sized tensor first (the compiled block without SE fuses norm, add and activation into one kernel).
+Values equal the norm-then-scale form up to rounding. Used under ``torch.compile`` / ``torch.export`` only: eager
+runs the norm's own kernel (identity SE bit-exact), and TorchScript/FX keep the plain form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+def fixed_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(mean, a, beta)`` per channel with ``norm(z) == (z - mean) * a + beta`` for a norm that applies fixed
+    statistics now (``nn.BatchNorm2d`` / ``SyncBatchNorm`` in eval with running statistics, ``FrozenBatchNorm2d``),
+    else None (batch statistics, or another norm)."""
+    if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
+        return norm.running_mean, norm.weight * torch.rsqrt(norm.running_var + norm.eps), norm.bias
+    if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or norm.training or not norm.track_running_stats:
+        return None
+    if not norm.affine:
+        return None
+    return norm.running_mean, norm.weight * torch.rsqrt(norm.running_var + norm.eps), norm.bias
+
+
+def fixed_norm_scale_add(
+    norm: nn.Module, z: torch.Tensor, shortcut: torch.Tensor, se: nn.Module
+) -> torch.Tensor | None:
+    """``shortcut + norm(z) * se.gate(norm(z))`` with the norm's affine map taken inside the pool and the scale-add
+    (see the module doc), or None where ``norm`` does not apply fixed statistics."""
+    affine = fixed_norm_affine(norm)
+    if affine is None or z.dim() != 4:
+        return None
+    mean, a, beta = affine
+    pooled = (se.squeeze(z) - mean) * a + beta
+    gate = se.excite(pooled.to(z.dtype))
+    normed = (z - mean[:, None, None]) * a[:, None, None] + beta[:, None, None]
+    return torch.addcmul(shortcut, normed, gate)
