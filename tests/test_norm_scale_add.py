@@ -12,14 +12,17 @@ from torch import nn
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SqueezeExcite, add_se, se_modules
 from se_plugins.insert import norm_scale_add as norm_scale_add_module
+from se_plugins.insert import scale_add as scale_add_module
 from se_plugins.insert.norm_scale_add import norm_scale_add
 from se_plugins.insert.scale_add import per_channel_grad_sums
 
 
 @pytest.fixture(autouse=True)
 def _fused_at_every_size(monkeypatch):
-    """The tests' small tensors take the fused form too (by default only blocks of FUSED_MIN_ELEMENTS do)."""
+    """The tests' small tensors take the fused forms too (by default only blocks of FUSED_MIN_ELEMENTS /
+    SCALE_ADD_MIN_ELEMENTS do)."""
     monkeypatch.setattr(norm_scale_add_module, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(scale_add_module, "SCALE_ADD_MIN_ELEMENTS", 0)
 
 
 def _bn(channels: int, *, training: bool, track: bool = True, momentum: float | None = 0.1) -> nn.BatchNorm2d:
@@ -227,11 +230,18 @@ def test_eager_training_takes_the_fused_backward(build, dtype):
 
 
 def test_small_blocks_keep_the_norms_own_backward(monkeypatch):
-    """Below FUSED_MIN_ELEMENTS (where its extra small ops cost more than it saves) ScaleAdd follows the norm."""
+    """Below FUSED_MIN_ELEMENTS (where its extra small ops cost more than it saves) ScaleAdd follows the norm; below
+    SCALE_ADD_MIN_ELEMENTS (its fixed cost per call above what it saves) torch.addcmul does."""
     monkeypatch.setattr(norm_scale_add_module, "FUSED_MIN_ELEMENTS", 2**18)
     model = timm.create_model("se_plugin_resnet18").train()
-    names = _graph_node_names(model(torch.randn(2, 3, 64, 64)).sum())  # the largest block: 2 x 64 x 16 x 16
+    x = torch.randn(2, 3, 64, 64)  # the largest block: 2 x 64 x 16 x 16
+    names = _graph_node_names(model(x).sum())
     assert names.count("NormPoolBackward") == 0 and names.count("ScaleAddBackward") == len(se_modules(model))
+    monkeypatch.setattr(scale_add_module, "SCALE_ADD_MIN_ELEMENTS", 2**16)
+    names = _graph_node_names(model(x).sum())
+    assert names.count("ScaleAddBackward") == 0 and names.count("AddcmulBackward0") == len(se_modules(model))
+    names = _graph_node_names(model(torch.randn(2, 3, 128, 128)).sum())  # layer1 2**17, layer2 2**16 elements
+    assert names.count("ScaleAddBackward") == 4 and names.count("AddcmulBackward0") == len(se_modules(model)) - 4
     bn, se, z = nn.BatchNorm2d(128), SqueezeExcite(128), torch.randn(2, 128, 32, 32)  # 2**18 elements: fused
     assert norm_scale_add(bn, z, torch.randn_like(z), se).grad_fn is not None
     assert norm_scale_add(bn, z[:, :, :16], torch.randn_like(z[:, :, :16]), se) is None

@@ -14,6 +14,7 @@ from torch import nn
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se, se_modules, set_se_fused
 from se_plugins.insert import norm_scale_add as norm_scale_add_module
+from se_plugins.insert import scale_add as scale_add_module
 from se_plugins.insert.scale_add import ScaleAdd, norm_with_affine
 from tests.conftest import randomize_norm_stats
 
@@ -104,6 +105,12 @@ def test_norm_with_affine_covers_batchnorm_only():
         shape = (1, -1, 1, 1)
         rebuilt = (z - mean.view(shape)) * a.view(shape) + beta.view(shape)
         assert _close(rebuilt, out.detach(), ops=4)
+
+
+@pytest.fixture(autouse=True)
+def _scale_add_at_every_size(monkeypatch):
+    """The tests' small blocks take ScaleAdd too (by default only blocks of SCALE_ADD_MIN_ELEMENTS do)."""
+    monkeypatch.setattr(scale_add_module, "SCALE_ADD_MIN_ELEMENTS", 0)
 
 
 _MODELS = {

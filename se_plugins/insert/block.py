@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from . import scale_add
 from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
@@ -53,7 +54,8 @@ class SEResidualBlock:
     (:func:`~se_plugins.insert.norm_scale_add.norm_scale_add`: float32/float64; half precision uses
     :class:`~se_plugins.insert.scale_add.ScaleAdd` after the norm), keeping the norm's input instead of its output
     for backward: SE then costs no activation memory beyond its gate vectors, and its backward writes no
-    block-sized tensor the block without SE does not write.
+    block-sized tensor the block without SE does not write. Small blocks (fewer than ``FUSED_MIN_ELEMENTS`` /
+    ``SCALE_ADD_MIN_ELEMENTS`` norm inputs) keep the simpler forms, whose fixed per-call cost is lower.
 
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
@@ -96,7 +98,7 @@ class SEResidualBlock:
         fused = norm_scale_add(norm, z, shortcut, self.se)
         if fused is not None:
             return fused
-        normed = norm_with_affine(norm, z)
+        normed = norm_with_affine(norm, z) if z.numel() >= scale_add.SCALE_ADD_MIN_ELEMENTS else None
         if normed is None:
             out = norm(z)
             return torch.addcmul(shortcut, out, self.se.gate(out))
