@@ -10,8 +10,10 @@ gate's gradient as ``a * sum_hw grad * (z - mean) + beta * sum_hw grad`` (:func:
 statistics come from the norm's own kernel (no extra pass over ``z``), and the result is written into ``out``
 (nothing keeps it), as the block without SE adds its shortcut in place. Gradients equal the plain implementation's
 up to rounding. Used in eager training only (the block falls back to ``torch.addcmul`` under TorchScript, FX,
-tracing, ``torch.compile`` and ``torch.export``, whose graphs schedule memory themselves); in float32/float64 with
-the norm's fused backward (``norm_scale_add.py``), alone after the norm's own autograd in half precision.
+tracing, ``torch.compile`` and ``torch.export``, whose graphs schedule memory themselves -- compiled with a
+fixed-statistics norm, to ``fixed_norm_add.py``); in float32/float64 with the norm's fused backward
+(``norm_scale_add.py``), alone after the norm's own autograd in half precision; not for blocks under
+``SCALE_ADD_MIN_ELEMENTS``.
 """
 
 from __future__ import annotations
