@@ -36,6 +36,23 @@ def test_equals_the_norm_then_the_scale_add(kind):
                                                                        dtype=torch.float64)  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_keeps_its_dtype(dtype):
+    """Under autocast the norm's output has its input's dtype (float32 statistics); so does the folded form's."""
+    norm = randomize_norm_stats(nn.BatchNorm2d(16).eval())
+    se = SqueezeExcite(16, reduction=4, init="random")
+    z, shortcut = torch.randn(2, 16, 5, 5, dtype=dtype), torch.randn(2, 16, 5, 5, dtype=dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        out = norm(z)
+        expected = torch.addcmul(shortcut, out, se.gate(out))
+        actual = fixed_norm_scale_add(norm, z, shortcut, se)
+    assert actual.dtype == expected.dtype == dtype
+    # the half-precision roundings of the norm output, the gate and the add, relative to the output's size
+    assert (actual.float() - expected.float()).abs().max().item() <= 8 * torch.finfo(dtype).eps * max(
+        1.0, expected.float().abs().max().item()
+    )
+
+
 def test_only_for_fixed_statistics():
     assert fixed_norm_affine(nn.BatchNorm2d(8).train()) is None  # batch statistics
     assert fixed_norm_affine(nn.BatchNorm2d(8, track_running_stats=False).eval()) is None

@@ -41,5 +41,6 @@ def fixed_norm_scale_add(
     mean, a, beta = affine
     pooled = (se.squeeze(z) - mean) * a + beta
     gate = se.excite(pooled.to(z.dtype))
-    normed = (z - mean[:, None, None]) * a[:, None, None] + beta[:, None, None]
+    # in the input's dtype, as the norm's own output is (half precision under autocast: no float32 block output)
+    normed = ((z - mean[:, None, None]) * a[:, None, None] + beta[:, None, None]).to(z.dtype)
     return torch.addcmul(shortcut, normed, gate)
