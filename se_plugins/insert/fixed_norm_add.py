@@ -21,11 +21,14 @@ def fixed_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torc
     """``(mean, a, beta)`` per channel with ``norm(z) == (z - mean) * a + beta`` for a norm that applies fixed
     statistics now (``nn.BatchNorm2d`` / ``SyncBatchNorm`` in eval with running statistics, ``FrozenBatchNorm2d``),
     else None (batch statistics, or another norm)."""
-    if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
-        return norm.running_mean, norm.weight * torch.rsqrt(norm.running_var + norm.eps), norm.bias
-    if type(norm) not in (nn.BatchNorm2d, nn.SyncBatchNorm) or norm.training or not norm.track_running_stats:
-        return None
-    if not norm.affine:
+    frozen = type(norm) is torchvision.ops.misc.FrozenBatchNorm2d
+    running = (
+        type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)
+        and not norm.training
+        and norm.track_running_stats
+        and norm.affine
+    )
+    if not (frozen or running):
         return None
     return norm.running_mean, norm.weight * torch.rsqrt(norm.running_var + norm.eps), norm.bias
 
