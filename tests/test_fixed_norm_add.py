@@ -10,7 +10,7 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SqueezeExcite, add_se
-from se_plugins.insert.fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add
+from se_plugins.insert.fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add, pooled_pointwise_conv
 from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 _FROZEN = torchvision.ops.misc.FrozenBatchNorm2d
@@ -83,15 +83,83 @@ def test_the_exported_graph_folds_the_last_norm():
     assert _batch_norms(torch.export.export(block.train(), (x,)).module()) == 3
 
 
-@pytest.mark.slow
-def test_compiled_frozen_norm_training_step_matches_eager():
-    """A detection backbone's blocks (FrozenBatchNorm2d) fine-tuned under torch.compile: the folded form's
-    gradients equal eager's (which runs the norm's own forward) up to rounding."""
+def test_the_pool_through_a_pointwise_conv():
+    """SE's pool of a 1x1 convolution's output equals the convolution (a linear map) of the pool of its input."""
     torch.manual_seed(0)
-    model = add_se(torchvision.models.resnet18(num_classes=4, norm_layer=_FROZEN), init="random")
+    se = SqueezeExcite(24, reduction=4)
+    conv = nn.Conv2d(8, 24, 1, bias=True).double()
+    h = torch.randn(3, 8, 7, 9, dtype=torch.float64) * 2 + 1
+    expected = se.squeeze(conv(h))
+    # the sum over H*W and the sum over the 8 input channels, in the other order
+    bound = rounding_tolerance(expected, layers=2, fan_in=7 * 9 * 8, dtype=torch.float64)
+    assert (pooled_pointwise_conv(conv, h, se) - expected).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(8, 24, 3, padding=1),  # a 3x3: its border terms see the zero padding
+        nn.Conv2d(8, 24, 1, stride=2),  # strided: samples a subset of the pixels
+        nn.Conv2d(8, 24, 1, padding=1),  # padded: the border pixels are its bias alone
+        nn.Conv2d(8, 24, 1, groups=2),
+        timm.layers.StdConv2d(8, 24, 1),  # a subclass with its own forward (standardised weights)
+    ],
+    ids=["3x3", "strided", "padded", "grouped", "subclass"],
+)
+def test_the_pool_stays_after_any_other_conv(conv):
+    assert pooled_pointwise_conv(conv, torch.ones(1, 8, 4, 4), SqueezeExcite(24)) is None
+
+
+def _bottleneck_blocks():
+    """One stride-1 block with identity shortcut per family whose last norm follows a 1x1 conv (name, factory)."""
+
+    def first(model_name, kind):
+        model = timm.create_model(model_name, se_init="random")
+        return next(m for m in model.modules() if isinstance(m, kind) and m.conv1.in_channels == m.conv3.out_channels)
+
+    from se_plugins.insert import timm_dla, timm_res2net, timm_resnet
+
+    return {
+        "timm_resnet": lambda: first("se_plugin_resnet50", timm_resnet.SETimmBottleneck),
+        "torchvision_resnet": lambda: add_se(torchvision.models.resnet50(), init="random").layer1[1],
+        "res2net": lambda: first("se_plugin_res2net50_26w_4s", timm_res2net.SETimmBottle2neck),
+        "dla": lambda: first("se_plugin_dla60", timm_dla.SETimmDlaBottleneck),
+        "dla_res2net": lambda: first("se_plugin_dla60_res2net", timm_dla.SETimmDlaBottle2neck),
+    }
+
+
+@pytest.mark.parametrize("family", list(_bottleneck_blocks()))
+def test_the_exported_bottleneck_pools_the_last_conv_input(family):
+    """Exported in eval mode, a Bottleneck-style block has no op for its last norm, and SE's pool (the only sum over
+    H and W) reads the last 1x1 convolution's input (its narrower channels); values equal eager."""
+    torch.manual_seed(0)
+    block = randomize_norm_stats(_bottleneck_blocks()[family]()).eval()
+    x = torch.randn(2, block.conv1.in_channels, 8, 8)
+    exported = torch.export.export(block, (x,)).module()
+    assert _batch_norms(exported) == _batch_norms(torch.export.export(block.train(), (x,)).module()) - 1
+    block.eval()
+    pools = [n for n in exported.graph.nodes if n.target == torch.ops.aten.sum.dim_IntList and n.args[1] == [2, 3]]
+    assert [n.args[0].meta["val"].shape[1] for n in pools] == [block.conv3.in_channels]
+    assert block.conv3.in_channels < block.conv3.out_channels
+    with torch.no_grad():
+        expected = block(x)
+        actual = exported(x)
+    # the pool over 64 pixels, then the 1x1 conv's sum over its input channels, in the other order than eager's
+    bound = rounding_tolerance(expected, layers=4, fan_in=64 * block.conv3.in_channels)
+    assert (actual - expected).abs().max().item() <= bound
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_compiled_frozen_norm_training_step_matches_eager(arch):
+    """A detection backbone's blocks (FrozenBatchNorm2d) fine-tuned under torch.compile: the folded form's
+    gradients (ResNet-50: through the pool of conv3's input too) equal eager's (the norm's own forward) up to
+    rounding."""
+    torch.manual_seed(0)
+    model = add_se(getattr(torchvision.models, arch)(num_classes=4, norm_layer=_FROZEN), init="random")
     layer = randomize_norm_stats(model.layer2).train()
     compiled_layer = torch.compile(copy.deepcopy(layer))
-    x = torch.randn(2, 64, 16, 16)
+    x = torch.randn(2, model.layer2[0].conv1.in_channels, 16, 16)
     grads = []
     for module in (layer, compiled_layer):
         module.zero_grad(set_to_none=True)
@@ -100,5 +168,7 @@ def test_compiled_frozen_norm_training_step_matches_eager():
     eager, compiled = grads
     assert eager.keys() == {n.removeprefix("_orig_mod.") for n in compiled}
     for name, g in eager.items():
-        bound = rounding_tolerance(g, layers=8, fan_in=2 * 16 * 16)  # a layer of two blocks, batch sums over N*H*W
+        # up to four roundings apart per block (its convs and norm, the pool, the scale-add); the longest sums are
+        # the weight gradients' over N*H*W and the 3x3 convs' over 128 * 9 inputs
+        bound = rounding_tolerance(g, layers=4 * len(layer), fan_in=max(2 * 16 * 16, 128 * 9))
         assert (compiled[f"_orig_mod.{name}"] - g).abs().max().item() <= bound, name

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import scale_add
-from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add
+from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add, pooled_pointwise_conv
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
 
@@ -57,6 +57,11 @@ class SEResidualBlock:
     block-sized tensor the block without SE does not write. Small blocks (fewer than ``FUSED_MIN_ELEMENTS`` /
     ``SCALE_ADD_MIN_ELEMENTS`` norm inputs) keep the simpler forms, whose fixed per-call cost is lower.
 
+    Under ``torch.compile`` / ``torch.export``, a last norm with fixed statistics (eval mode, frozen) is folded into
+    SE's pool and the scale-add (:mod:`~se_plugins.insert.fixed_norm_add`); blocks whose norm follows a 1x1
+    convolution name it too (``last_conv = "conv3"``, with ``residual_before_last_conv(x)`` its input), and SE then
+    pools that convolution's narrower input.
+
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
     """
@@ -83,6 +88,10 @@ class SEResidualBlock:
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - blocks with last_norm
         """The residual branch up to (not including) the norm named by ``last_norm``."""
+        raise NotImplementedError
+
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - blocks with last_conv
+        """The residual branch up to (not including) the convolution named by ``last_conv``."""
         raise NotImplementedError
 
     @torch.jit.unused
@@ -115,7 +124,12 @@ class SEResidualBlock:
         norm = getattr(self, norm_name)
         if fixed_norm_affine(norm) is None:
             return None
-        return fixed_norm_scale_add(norm, self.residual_before_norm(x), shortcut, self.se)
+        conv_name = getattr(type(self), "last_conv", None)
+        if conv_name is None:
+            return fixed_norm_scale_add(norm, self.residual_before_norm(x), shortcut, self.se)
+        conv = getattr(self, conv_name)
+        h = self.residual_before_last_conv(x)
+        return fixed_norm_scale_add(norm, conv(h), shortcut, self.se, pooled_pointwise_conv(conv, h, self.se))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)

@@ -43,6 +43,8 @@ class _DlaSE(SEResidualBlock):
             shortcut = x
         if self.se_position == "standard" and self.se_fused and not torch.jit.is_scripting():
             added = self._fused_add_in_training(x, shortcut)
+            if added is None:
+                added = self._fixed_norm_add_compiled(x, shortcut)
             if added is not None:
                 return self.relu(added)
         if self.se_position == "pre":
@@ -79,9 +81,13 @@ class SETimmDlaBottleneck(_DlaSE, timm_dla.DlaBottleneck):
     """timm ``DlaBottleneck`` (DLA, DLA-X) with SE after bn3, before the add."""
 
     last_norm = "bn3"
+    last_conv = "conv3"
+
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))))
+        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
@@ -91,12 +97,16 @@ class SETimmDlaBottle2neck(Res2NetMultiScale, _DlaSE, timm_dla.DlaBottle2neck):
     """timm ``DlaBottle2neck`` (DLA-Res2Net/Res2NeXt) with SE after bn3, before the add (as SE-Res2Net)."""
 
     last_norm = "bn3"
+    last_conv = "conv3"
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
 
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.multi_scale(x)
+
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.multi_scale(x))
+        return self.conv3(self.residual_before_last_conv(x))
 
 
 for _block, _se_block, _last in (

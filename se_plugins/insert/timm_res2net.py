@@ -43,9 +43,13 @@ class SETimmBottle2neck(Res2NetMultiScale, TimmDropPath, SEResidualBlock, timm_r
     """timm ``Bottle2neck`` with SE: 1x1, multi-scale 3x3s, 1x1 + bn3, SE, (+ shortcut), ReLU."""
 
     last_norm = "bn3"
+    last_conv = "conv3"
+
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_block(self.multi_scale(x))
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.drop_block(self.multi_scale(x)))
+        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))

@@ -62,11 +62,14 @@ class SETimmBottleneck(TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
     """timm ``Bottleneck`` with SE."""
 
     last_norm = "bn3"
+    last_conv = "conv3"
+
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv1(x)))
+        return self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-        return self.conv3(x)
+        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))

@@ -26,11 +26,13 @@ class SETorchvisionBottleneck(SEResidualBlock, tv_resnet.Bottleneck):
     """torchvision ``Bottleneck`` with SE."""
 
     last_norm = "bn3"
+    last_conv = "conv3"
+
+    def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
     def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        return self.conv3(x)
+        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
