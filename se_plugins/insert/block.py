@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from . import scale_add
+from .batch_norm_scale_add import batch_norm_scale_add, uses_batch_statistics
 from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add, pooled_pointwise_conv
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
@@ -58,9 +59,11 @@ class SEResidualBlock:
     ``SCALE_ADD_MIN_ELEMENTS`` norm inputs) keep the simpler forms, whose fixed per-call cost is lower.
 
     Under ``torch.compile`` / ``torch.export``, a last norm with fixed statistics (eval mode, frozen) is folded into
-    SE's pool and the scale-add (:mod:`~se_plugins.insert.fixed_norm_add`); blocks whose norm follows a 1x1
-    convolution name it too (``last_conv = "conv3"``, with ``residual_before_last_conv(x)`` its input), and SE then
-    pools that convolution's narrower input.
+    SE's pool and the scale-add (:mod:`~se_plugins.insert.fixed_norm_add`), and in compiled training a
+    batch-statistics BatchNorm, the pool and the scale-add get a closed-form backward
+    (:mod:`~se_plugins.insert.batch_norm_scale_add`); blocks whose norm follows a 1x1 convolution name it too
+    (``last_conv = "conv3"``, with ``residual_before_last_conv(x)`` its input), and SE then pools that convolution's
+    narrower input.
 
     The instance attributes ``se`` (a :class:`~se_plugins.SqueezeExcite`), ``se_position`` and ``se_fused`` are set
     by :func:`se_plugins.add_se`.
@@ -115,21 +118,27 @@ class SEResidualBlock:
         return ScaleAdd.apply(shortcut, out, self.se.gate(out), z, *affine)
 
     @torch.jit.unused
-    def _fixed_norm_add_compiled(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
-        """``shortcut + residual(x) * gate`` under ``torch.compile`` / ``torch.export`` when the last norm applies
-        fixed statistics: its affine map inside the pool and the scale-add (``fixed_norm_add.py``); None elsewhere."""
+    def _norm_add_compiled(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
+        """``shortcut + residual(x) * gate`` under ``torch.compile`` / ``torch.export`` with the last norm folded in:
+        fixed statistics (``fixed_norm_add.py``), or, compiling (not exporting), a batch-statistics BatchNorm
+        (``batch_norm_scale_add.py``); SE pools ``last_conv``'s input where the block names one. None elsewhere."""
         norm_name = getattr(type(self), "last_norm", None)
         if norm_name is None or not torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy):
             return None
         norm = getattr(self, norm_name)
-        if fixed_norm_affine(norm) is None:
+        fixed = fixed_norm_affine(norm) is not None
+        if not fixed and (torch.compiler.is_exporting() or not uses_batch_statistics(norm)):
             return None
         conv_name = getattr(type(self), "last_conv", None)
         if conv_name is None:
-            return fixed_norm_scale_add(norm, self.residual_before_norm(x), shortcut, self.se)
-        conv = getattr(self, conv_name)
-        h = self.residual_before_last_conv(x)
-        return fixed_norm_scale_add(norm, conv(h), shortcut, self.se, pooled_pointwise_conv(conv, h, self.se))
+            z, pooled_z = self.residual_before_norm(x), None
+        else:
+            conv = getattr(self, conv_name)
+            h = self.residual_before_last_conv(x)
+            z, pooled_z = conv(h), pooled_pointwise_conv(conv, h, self.se)
+        if fixed:
+            return fixed_norm_scale_add(norm, z, shortcut, self.se, pooled_z)
+        return batch_norm_scale_add(norm, z, shortcut, self.se, pooled_z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
@@ -137,7 +146,7 @@ class SEResidualBlock:
             if not torch.jit.is_scripting():
                 added = self._fused_add_in_training(x, shortcut)
                 if added is None:
-                    added = self._fixed_norm_add_compiled(x, shortcut)
+                    added = self._norm_add_compiled(x, shortcut)
                 if added is not None:
                     return self.final_act(added)
         if self.se_position == "pre":

@@ -44,7 +44,7 @@ class _DlaSE(SEResidualBlock):
         if self.se_position == "standard" and self.se_fused and not torch.jit.is_scripting():
             added = self._fused_add_in_training(x, shortcut)
             if added is None:
-                added = self._fixed_norm_add_compiled(x, shortcut)
+                added = self._norm_add_compiled(x, shortcut)
             if added is not None:
                 return self.relu(added)
         if self.se_position == "pre":
