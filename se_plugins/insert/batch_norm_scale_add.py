@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-FUSED_DTYPES = (torch.float32, torch.float64)
+from .norm_scale_add import FUSED_DTYPES
 
 
 class BatchStatsPool(torch.autograd.Function):
@@ -92,8 +92,8 @@ def batch_norm_scale_add(
     statistics as its forward does; the closed-form backward for float32/float64, the op-by-op form otherwise (half
     precision, one value per channel). ``pooled_z``: SE's pool of ``z`` where the caller has it from upstream
     (``fixed_norm_add.pooled_pointwise_conv``)."""
-    count = z.numel() // z.shape[1]
-    if z.dim() != 4 or z.dtype not in FUSED_DTYPES or norm.weight.dtype != z.dtype or count < 2:
+    count = z.numel() // z.shape[1] if z.dim() == 4 else 0  # noqa: PLR2004 (N, C, H, W)
+    if count < 2 or z.dtype not in FUSED_DTYPES or norm.weight.dtype != z.dtype:
         out = norm(z)
         return torch.addcmul(shortcut, out, se.gate(out))
     mean, var, pooled = BatchStatsPool.apply(z, pooled_z is None)
