@@ -38,6 +38,16 @@ def _can_write_in_place(out: torch.Tensor, shortcut: torch.Tensor, gate: torch.T
         return not torch.is_grad_enabled() and out.dtype == shortcut.dtype == gate.dtype
 
 
+class EndsInConv3:
+    """Mixin for a block whose residual branch ends with ``conv3`` (1x1), then its last norm: names ``last_conv`` and
+    builds ``residual_before_norm`` from the block's ``residual_before_last_conv``. List it before the SE class."""
+
+    last_conv = "conv3"
+
+    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.residual_before_last_conv(x))
+
+
 class SEResidualBlock:
     """Mixin: the forward of a residual block with SE at ``se_position`` (the paper's integration designs, Fig. 5).
 
@@ -140,13 +150,20 @@ class SEResidualBlock:
             return fixed_norm_scale_add(norm, z, shortcut, self.se, pooled_z)
         return batch_norm_scale_add(norm, z, shortcut, self.se, pooled_z)
 
+    @torch.jit.unused
+    def _fused_add(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
+        """The standard position's ``shortcut + residual(x) * gate`` where a special form applies (eager training,
+        compiled or exported), else None: the forward then runs the plain fused add."""
+        added = self._fused_add_in_training(x, shortcut)
+        if added is None:
+            added = self._norm_add_compiled(x, shortcut)
+        return added
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x)
         if self.se_position == "standard" and self.se_fused and not self.drop_path_active():
             if not torch.jit.is_scripting():
-                added = self._fused_add_in_training(x, shortcut)
-                if added is None:
-                    added = self._norm_add_compiled(x, shortcut)
+                added = self._fused_add(x, shortcut)
                 if added is not None:
                     return self.final_act(added)
         if self.se_position == "pre":

@@ -17,7 +17,7 @@ import re
 import torch
 from timm.models import dla as timm_dla
 
-from .block import SEResidualBlock, _can_write_in_place
+from .block import EndsInConv3, SEResidualBlock, _can_write_in_place
 from .registry import conv_channels, register_se_block
 from .timm_res2net import Res2NetMultiScale
 
@@ -42,9 +42,7 @@ class _DlaSE(SEResidualBlock):
         if shortcut is None:
             shortcut = x
         if self.se_position == "standard" and self.se_fused and not torch.jit.is_scripting():
-            added = self._fused_add_in_training(x, shortcut)
-            if added is None:
-                added = self._norm_add_compiled(x, shortcut)
+            added = self._fused_add(x, shortcut)
             if added is not None:
                 return self.relu(added)
         if self.se_position == "pre":
@@ -77,36 +75,28 @@ class SETimmDlaBasic(_DlaSE, timm_dla.DlaBasic):
         return self.bn2(self.residual_before_norm(x))
 
 
-class SETimmDlaBottleneck(_DlaSE, timm_dla.DlaBottleneck):
+class SETimmDlaBottleneck(EndsInConv3, _DlaSE, timm_dla.DlaBottleneck):
     """timm ``DlaBottleneck`` (DLA, DLA-X) with SE after bn3, before the add."""
 
     last_norm = "bn3"
-    last_conv = "conv3"
 
     def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-
-    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
 
 
-class SETimmDlaBottle2neck(Res2NetMultiScale, _DlaSE, timm_dla.DlaBottle2neck):
+class SETimmDlaBottle2neck(Res2NetMultiScale, EndsInConv3, _DlaSE, timm_dla.DlaBottle2neck):
     """timm ``DlaBottle2neck`` (DLA-Res2Net/Res2NeXt) with SE after bn3, before the add (as SE-Res2Net)."""
 
     last_norm = "bn3"
-    last_conv = "conv3"
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
 
     def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
         return self.multi_scale(x)
-
-    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.residual_before_last_conv(x))
 
 
 for _block, _se_block, _last in (

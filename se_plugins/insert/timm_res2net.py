@@ -13,7 +13,7 @@ stages come from that name. DLA's ``DlaBottle2neck`` shares the multi-scale midd
 import torch
 from timm.models import res2net as timm_res2net
 
-from .block import SEResidualBlock
+from .block import EndsInConv3, SEResidualBlock
 from .registry import conv_channels, register_se_block
 from .timm_resnet import TimmDropPath
 
@@ -39,17 +39,13 @@ class Res2NetMultiScale:
         return torch.cat(spo, 1)
 
 
-class SETimmBottle2neck(Res2NetMultiScale, TimmDropPath, SEResidualBlock, timm_res2net.Bottle2neck):
+class SETimmBottle2neck(Res2NetMultiScale, EndsInConv3, TimmDropPath, SEResidualBlock, timm_res2net.Bottle2neck):
     """timm ``Bottle2neck`` with SE: 1x1, multi-scale 3x3s, 1x1 + bn3, SE, (+ shortcut), ReLU."""
 
     last_norm = "bn3"
-    last_conv = "conv3"
 
     def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_block(self.multi_scale(x))
-
-    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))

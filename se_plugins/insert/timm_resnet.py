@@ -11,7 +11,7 @@ import re
 import torch
 from timm.models import resnet as timm_resnet
 
-from .block import SEResidualBlock
+from .block import EndsInConv3, SEResidualBlock
 from .registry import conv_channels, register_se_block, stage_from_layer_name
 
 _HRNET_STAGE_RE = re.compile(r"(?:^|[._])stage(\d+)\.\d+\.branches\.\d+\.\d+$")
@@ -58,18 +58,14 @@ class SETimmBasicBlock(TimmDropPath, SEResidualBlock, timm_resnet.BasicBlock):
         return self.act2(x)
 
 
-class SETimmBottleneck(TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
+class SETimmBottleneck(EndsInConv3, TimmDropPath, SEResidualBlock, timm_resnet.Bottleneck):
     """timm ``Bottleneck`` with SE."""
 
     last_norm = "bn3"
-    last_conv = "conv3"
 
     def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
         return self.aa(self.act2(self.drop_block(self.bn2(self.conv2(x)))))
-
-    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))

@@ -3,7 +3,7 @@
 import torch
 import torchvision.models.resnet as tv_resnet
 
-from .block import SEResidualBlock
+from .block import EndsInConv3, SEResidualBlock
 from .registry import conv_channels, register_se_block
 
 
@@ -22,17 +22,13 @@ class SETorchvisionBasicBlock(SEResidualBlock, tv_resnet.BasicBlock):
         return self.relu(x)
 
 
-class SETorchvisionBottleneck(SEResidualBlock, tv_resnet.Bottleneck):
+class SETorchvisionBottleneck(EndsInConv3, SEResidualBlock, tv_resnet.Bottleneck):
     """torchvision ``Bottleneck`` with SE."""
 
     last_norm = "bn3"
-    last_conv = "conv3"
 
     def residual_before_last_conv(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-
-    def residual_before_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.residual_before_last_conv(x))
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn3(self.residual_before_norm(x))
