@@ -18,6 +18,7 @@ import torch
 from . import scale_add
 from .batch_norm_scale_add import batch_norm_scale_add, uses_batch_statistics
 from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add, pooled_pointwise_conv
+from .in_place_norm import fixed_norm_in_place, modules_without_hooks
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
 
@@ -128,6 +129,27 @@ class SEResidualBlock:
         return ScaleAdd.apply(shortcut, out, self.se.gate(out), z, *affine)
 
     @torch.jit.unused
+    def _fused_add_in_inference(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
+        """``shortcut + residual(x) * gate`` for eager inference on CPU with the last norm written into its input
+        (``in_place_norm.py``), then the scale-add into that buffer; None elsewhere."""
+        norm_name = getattr(type(self), "last_norm", None)
+        if norm_name is None or torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy):
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or x.device.type != "cpu":
+            return None
+        if not modules_without_hooks(self):
+            return None
+        norm = getattr(self, norm_name)
+        z = self.residual_before_norm(x)
+        out = fixed_norm_in_place(norm, z)
+        if out is None:
+            out = norm(z)
+        gate = self.se.gate(out)
+        if _can_write_in_place(out, shortcut, gate):
+            return torch.addcmul(shortcut, out, gate, out=out)
+        return torch.addcmul(shortcut, out, gate)
+
+    @torch.jit.unused
     def _norm_add_compiled(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
         """``shortcut + residual(x) * gate`` under ``torch.compile`` / ``torch.export`` with the last norm folded in:
         fixed statistics (``fixed_norm_add.py``), or, compiling (not exporting), a batch-statistics BatchNorm
@@ -153,8 +175,10 @@ class SEResidualBlock:
     @torch.jit.unused
     def _fused_add(self, x: torch.Tensor, shortcut: torch.Tensor) -> Optional[torch.Tensor]:  # noqa: UP045 (TorchScript reads it)
         """The standard position's ``shortcut + residual(x) * gate`` where a special form applies (eager training,
-        compiled or exported), else None: the forward then runs the plain fused add."""
+        eager CPU inference, compiled or exported), else None: the forward then runs the plain fused add."""
         added = self._fused_add_in_training(x, shortcut)
+        if added is None:
+            added = self._fused_add_in_inference(x, shortcut)
         if added is None:
             added = self._norm_add_compiled(x, shortcut)
         return added
