@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import add_se
 from se_plugins.insert.in_place_norm import fixed_norm_in_place, modules_without_hooks
-from tests.conftest import randomize_norm_stats
+from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 _FROZEN = torchvision.ops.misc.FrozenBatchNorm2d
 
@@ -166,3 +166,26 @@ def test_training_and_autograd_keep_their_paths():
         se(x).sum().backward()
     assert "aten.native_batch_norm.out" not in ops.names
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_vmap_keeps_the_functional_form():
+    """torch.func.vmap has no batching rule for out= ops: under it the norm and the scale-add run out of place, and
+    the batched inference equals the per-sample one."""
+    torch.manual_seed(0)
+    se = randomize_norm_stats(timm.create_model("se_plugin_resnet18", se_init="random")).eval()
+    x = torch.randn(3, 1, 3, 32, 32)
+    with torch.no_grad():
+        batched = torch.vmap(se)(x)
+        single = torch.stack([se(sample) for sample in x])
+    # the same ops; vmap runs the convolutions on a batch of 3 (another kernel choice): ResNet-18's ~20 layers,
+    # fan-in up to 3 * 3 * 512, may each round differently
+    assert (batched - single).abs().max().item() <= rounding_tolerance(single, layers=20, fan_in=3 * 3 * 512)
+
+
+def test_a_tensor_subclass_is_left_alone():
+    class Tagged(torch.Tensor):
+        pass
+
+    z = torch.randn(2, 8, 4, 4).as_subclass(Tagged)
+    with torch.no_grad():
+        assert fixed_norm_in_place(randomize_norm_stats(nn.BatchNorm2d(8)).eval(), z) is None

@@ -29,12 +29,15 @@ def _can_write_in_place(out: torch.Tensor, shortcut: torch.Tensor, gate: torch.T
     """Whether the fused SE add may overwrite the branch output ``out`` (eager or TorchScript, autograd off).
 
     Under FX, torch.jit tracing, torch.compile and torch.export the functional form is recorded instead: a traced
-    or compiled graph must stay valid when it runs with autograd on, and inductor fuses the functional form anyway.
+    or compiled graph must stay valid when it runs with autograd on, and inductor fuses the functional form anyway;
+    so it is under ``torch.func`` transforms (``vmap``), which have no batching rule for ``out=`` ops.
     """
     if torch.jit.is_scripting():
         return not torch.is_grad_enabled() and out.dtype == shortcut.dtype and out.dtype == gate.dtype
     else:
         if isinstance(out, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return False
+        if torch._C._functorch.is_functorch_wrapped_tensor(out):  # torch.func.vmap & co.: no out= batching rules
             return False
         return not torch.is_grad_enabled() and out.dtype == shortcut.dtype == gate.dtype
 

@@ -1,18 +1,19 @@
 """An SE block's last norm applied in place on its input, for eager inference on CPU.
 
-In eager inference a block's last norm writes its output into a new block-sized buffer, and on CPU a fresh buffer of
-that size costs page faults: glibc hands it pages that the kernel maps on first touch, and with two threads both
-fault under one lock (per-op fault counts of a resnet50 forward, batch 8, 224^2: ~60 000 minor faults, all in the
-convolutions' and norms' output writes). SE's small gate tensors, allocated between the block-sized ones, split the
-heap's free blocks, so the SE model faults more than the base (~67 000). Written into the convolution output it
-normalises -- which nothing else holds in inference once the block's modules have no hooks -- the norm allocates
-nothing, and the SE block faults less than the base block; the kernel and so the values are the norm's own
-(identity SE stays bit-exact).
+In eager inference a block's last norm writes its output into a new block-sized buffer. On CPU a fresh buffer can
+cost page faults: in a process that only runs inference, glibc's malloc keeps handing the largest tensors pages the
+kernel maps on first touch (a resnet50 forward at batch 8, 224^2: ~62 000 minor faults, all in the convolutions' and
+norms' output writes, about ten 25.7 MB tensors' worth; the SE model before this: ~70 000), and with two threads both
+fault under one lock. Written into the convolution output it normalises -- which nothing else holds in inference
+once the block's submodules have no hooks -- the norm allocates nothing (that SE model: ~46 000 faults). Where the
+heap is warm (no faults, as after a training step), it saves a buffer's first write. The kernel, and so the values,
+are the norm's own: identity SE stays bit-exact.
 
 Applies to ``nn.BatchNorm2d`` / ``nn.SyncBatchNorm`` in eval mode with running statistics (the norm's CPU kernel,
 ``native_batch_norm``, with its output set to its input) and to torchvision's ``FrozenBatchNorm2d`` (its own
-``x * scale + bias``, as two in-place ops), in float32/float64, on CPU, with autograd off. On GPU the caching
-allocator reuses buffers without faults (and BatchNorm runs cuDNN's kernel, not this one).
+``x * scale + bias``, as two in-place ops), in float32/float64, on CPU, with autograd off, for a plain tensor (not a
+subclass, not inside a ``torch.func`` transform). On GPU the caching allocator reuses buffers without faults (and
+BatchNorm runs cuDNN's kernel, not this one).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def fixed_norm_in_place(norm: nn.Module, z: torch.Tensor) -> torch.Tensor | None
     on a float32/float64 CPU tensor of its own (not a view) with autograd off; None where that does not hold."""
     if torch.is_grad_enabled() or z.device.type != "cpu" or z.dtype not in _DTYPES or z.dim() != 4 or z._is_view():
         return None
+    if type(z) is not torch.Tensor or torch._C._functorch.is_functorch_wrapped_tensor(z):
+        return None  # a tensor subclass, or inside torch.func.vmap & co. (no batching rule for out= ops)
     if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
         # torchvision's forward, term by term: x * scale + bias
         scale = norm.weight.reshape(1, -1, 1, 1) * (norm.running_var.reshape(1, -1, 1, 1) + norm.eps).rsqrt()
