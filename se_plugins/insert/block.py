@@ -147,6 +147,11 @@ class SEResidualBlock:
         out = fixed_norm_in_place(norm, z)
         if out is None:
             out = norm(z)
+        return self._scale_add(out, shortcut)
+
+    def _scale_add(self, out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The fused ``shortcut + out * gate(out)``, written into ``out`` where that is safe (autograd off, eager or
+        TorchScript: :func:`_can_write_in_place`)."""
         gate = self.se.gate(out)
         if _can_write_in_place(out, shortcut, gate):
             return torch.addcmul(shortcut, out, gate, out=out)
@@ -198,10 +203,7 @@ class SEResidualBlock:
         out = self.residual(x)
         if self.se_position == "standard":
             if self.se_fused and not self.drop_path_active():
-                gate = self.se.gate(out)
-                if _can_write_in_place(out, shortcut, gate):
-                    return self.final_act(torch.addcmul(shortcut, out, gate, out=out))
-                return self.final_act(torch.addcmul(shortcut, out, gate))
+                return self.final_act(self._scale_add(out, shortcut))
             out = self.se(out)
         elif self.se_position == "identity":
             shortcut = self.se(shortcut)

@@ -17,7 +17,7 @@ import re
 import torch
 from timm.models import dla as timm_dla
 
-from .block import EndsInConv3, SEResidualBlock, _can_write_in_place
+from .block import EndsInConv3, SEResidualBlock
 from .registry import conv_channels, register_se_block
 from .timm_res2net import Res2NetMultiScale
 
@@ -50,10 +50,7 @@ class _DlaSE(SEResidualBlock):
         out = self.residual(x)
         if self.se_position == "standard":
             if self.se_fused:
-                gate = self.se.gate(out)
-                if _can_write_in_place(out, shortcut, gate):
-                    return self.relu(torch.addcmul(shortcut, out, gate, out=out))
-                return self.relu(torch.addcmul(shortcut, out, gate))
+                return self.relu(self._scale_add(out, shortcut))
             out = self.se(out)
         elif self.se_position == "identity":
             shortcut = self.se(shortcut)

@@ -13,7 +13,7 @@ import torch
 from timm.models import resnetv2 as timm_resnetv2
 from torch import nn
 
-from .block import SEResidualBlock, _can_write_in_place
+from .block import SEResidualBlock
 from .registry import register_se_block
 
 _STAGE_RE = re.compile(r"(?:^|\.)stages[._](\d+)\.blocks\.\d+$")
@@ -36,10 +36,7 @@ class _PreActSE(SEResidualBlock):
         out = self.residual(x_preact)
         if self.se_position == "standard":
             if self.se_fused and not (self.training and not isinstance(self.drop_path, nn.Identity)):
-                gate = self.se.gate(out)
-                if _can_write_in_place(out, shortcut, gate):
-                    return torch.addcmul(shortcut, out, gate, out=out)
-                return torch.addcmul(shortcut, out, gate)
+                return self._scale_add(out, shortcut)
             out = self.se(out)
         out = self.drop_path(out) + shortcut
         if self.se_position == "post":
