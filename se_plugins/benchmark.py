@@ -288,15 +288,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Callable, iters: int, device: torch.device) -> tuple[float, float]:
-    """Wall-clock and process CPU seconds per step, averaged over ``iters`` back-to-back steps."""
+def minor_page_faults() -> int | None:
+    """The process's minor page faults so far (``getrusage``; None where the platform has no ``resource``)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(step: Callable, iters: int, device: torch.device) -> tuple[float, float, float | None]:
+    """Wall-clock and process CPU seconds and minor page faults per step, averaged over ``iters`` back-to-back
+    steps (faults None where they cannot be counted)."""
     _sync(device)
+    f0 = minor_page_faults()
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(iters):
         step()
     _sync(device)
     t1, c1 = time.perf_counter(), time.process_time()
-    return (t1 - t0) / iters, (c1 - c0) / iters
+    f1 = minor_page_faults()
+    faults = None if f0 is None or f1 is None else (f1 - f0) / iters
+    return (t1 - t0) / iters, (c1 - c0) / iters, faults
 
 
 @contextlib.contextmanager
@@ -549,17 +562,22 @@ def _run_mode(
                 out[e.name]["first_step_s"] = time.perf_counter() - t0  # includes compilation with --compile
     times: dict[str, list[float]] = {e.name: [] for e in entries}
     cpu_times: dict[str, list[float]] = {e.name: [] for e in entries}
+    faults: dict[str, list[float | None]] = {e.name: [] for e in entries}
     for r in range(args.repeats):
         k = r % len(entries)
         for e in entries[k:] + entries[:k]:
-            wall, cpu = _timed(steps[e.name], args.iters, device)
+            wall, cpu, fault = _timed(steps[e.name], args.iters, device)
             times[e.name].append(wall)
             cpu_times[e.name].append(cpu)
+            faults[e.name].append(fault)
     for e in entries:
         out[e.name].update(summarize(times[e.name], args.batch_size), times_s=times[e.name])
         if device.type == "cpu":  # CPU time of the process: far less sensitive than wall time to other load
             out[e.name]["cpu_times_s"] = cpu_times[e.name]
             out[e.name]["cpu_median_ms"] = statistics.median(cpu_times[e.name]) * 1e3
+            if None not in faults[e.name]:  # fresh pages the allocator maps: a heap effect, not the model's
+                out[e.name]["page_faults_per_step"] = faults[e.name]
+                out[e.name]["page_faults_median"] = statistics.median(faults[e.name])
         if args.memory:
             out[e.name]["peak_memory_mib"] = peak_memory_bytes(steps[e.name], device) / 2**20
     return out
@@ -579,7 +597,7 @@ def format_table(result: dict[str, Any]) -> str:
     if "loadavg_start" in env and "loadavg_end" in env:  # other work on the machine makes the timings noisy
         lines[0] += f" | load avg {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}"
     header = ("model", "params", "GFLOPs", "SE p+s MFLOPs", "mode", "median ms", "IQR", "min", "img/s", "peak MiB")
-    header += ("ratio med [95% CI]", "of min", "cpu-time ratio")
+    header += ("faults/step", "ratio med [95% CI]", "of min", "cpu-time ratio")
     rows = []
     for mode, res in result["results"].items():
         for name, r in res.items():
@@ -589,6 +607,7 @@ def format_table(result: dict[str, Any]) -> str:
             row += [mode, f"{r['median_ms']:.1f}", f"{r['iqr_ms']:.1f}", f"{r['min_ms']:.1f}"]
             row.append(f"{r['throughput_img_s']:.1f}")
             row.append(f"{r['peak_memory_mib']:.0f}" if "peak_memory_mib" in r else "-")
+            row.append(f"{r['page_faults_median']:.0f}" if "page_faults_median" in r else "-")
             if ratio is None:
                 row += ["1 (base)", "", ""]
             else:
@@ -604,7 +623,9 @@ def format_table(result: dict[str, Any]) -> str:
         "GFLOPs: conv/matmul per forward (FlopCounterMode, includes the SE's FC layers). SE p+s: the SE's pool + "
         "scale on top (2*N*C*H*W per SE block).\nratio: latency model/base, median of the per-repeat ratios [its 95% "
         "confidence interval; min/max with <= 5 repeats] (throughput ratio = 1/ratio); of min: of the fastest repeats; "
-        "cpu-time: of the process CPU time."
+        "cpu-time: of the process CPU time.\nfaults/step: the process's minor page faults per step (median; CPU): "
+        "fresh pages the allocator maps. Where one model faults far more than another, their ratio reflects the "
+        "heap's state more than the models (see README, Performance)."
     )
     if "plain_vs_fused_max_abs_diff" in result:
         lines.append(f"plain vs fused SE outputs: max |diff| = {result['plain_vs_fused_max_abs_diff']:.3g}")

@@ -95,7 +95,9 @@ def test_ratios_and_statistics_follow_the_recorded_times(tiny_run):
         base = res["resnet10t"]
         for name, r in res.items():
             t = r["times_s"]
-            assert len(t) == len(r["cpu_times_s"]) == 2
+            assert len(t) == len(r["cpu_times_s"]) == len(r["page_faults_per_step"]) == 2
+            assert r["page_faults_median"] == pytest.approx(statistics.median(r["page_faults_per_step"]))
+            assert min(r["page_faults_per_step"]) >= 0
             assert r["median_ms"] == pytest.approx(statistics.median(t) * 1e3)
             assert r["min_ms"] == pytest.approx(min(t) * 1e3)
             assert r["throughput_img_s"] == pytest.approx(2 / statistics.median(t))
@@ -122,9 +124,28 @@ def test_ratios_and_statistics_follow_the_recorded_times(tiny_run):
     )
 
 
+def test_page_faults_are_counted_per_step():
+    """A step that touches a fresh 64 MiB buffer (above glibc's largest mmap threshold: new pages every time) faults
+    at least once per 2 MiB (huge pages) of it; one that rewrites a buffer it keeps faults far less."""
+    kept = torch.empty(2**24)
+
+    def fresh() -> None:
+        torch.empty(2**24).fill_(1.0)
+
+    def reuse() -> None:
+        kept.fill_(1.0)
+
+    reuse()
+    _, _, fresh_faults = benchmark._timed(fresh, 3, torch.device("cpu"))
+    _, _, reuse_faults = benchmark._timed(reuse, 3, torch.device("cpu"))
+    assert fresh_faults >= 2**26 / 2**21
+    assert reuse_faults < fresh_faults / 4
+
+
 def test_table_lists_every_model_and_mode(tiny_run):
     result, _ = tiny_run
     table = benchmark.format_table(result)
+    assert "faults/step" in table
     assert table.count("se_plugin_resnet10t (plain)") == 2 and table.count("1 (base)") == 2
     assert "2 repeats x 1 iters" in table
 
