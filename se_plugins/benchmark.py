@@ -444,6 +444,8 @@ def _environment(device: torch.device) -> dict[str, Any]:
     }
     if hasattr(os, "getloadavg"):
         env["loadavg_start"] = os.getloadavg()
+    if os.environ.get("GLIBC_TUNABLES"):  # e.g. the allocator's trimming off: changes which steps page-fault
+        env["glibc_tunables"] = os.environ["GLIBC_TUNABLES"]
     return env
 
 
@@ -596,6 +598,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "loadavg_start" in env and "loadavg_end" in env:  # other work on the machine makes the timings noisy
         lines[0] += f" | load avg {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}"
+    if "glibc_tunables" in env:
+        lines[0] += f" | GLIBC_TUNABLES={env['glibc_tunables']}"
     header = ("model", "params", "GFLOPs", "SE p+s MFLOPs", "mode", "median ms", "IQR", "min", "img/s", "peak MiB")
     header += ("faults/step", "ratio med [95% CI]", "of min", "cpu-time ratio")
     rows = []

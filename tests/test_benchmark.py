@@ -374,3 +374,13 @@ def test_cpu_memory_measurement_prints_only_the_table():
     assert done.stderr == ""
     assert done.stdout.splitlines()[0].startswith("classification | cpu")
     assert "peak MiB" in done.stdout and "USDT" not in done.stdout and "ERROR" not in done.stdout
+
+
+def test_the_header_shows_glibc_tunables(tiny_run):
+    """An allocator setting changes which steps page-fault: a run made with one says so."""
+    result, _ = tiny_run
+    env = dict(result["environment"], glibc_tunables="glibc.malloc.trim_threshold=4294967296")
+    header = benchmark.format_table(dict(result, environment=env)).splitlines()[0]
+    assert header.endswith("| GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296")
+    plain = {k: v for k, v in result["environment"].items() if k != "glibc_tunables"}
+    assert "GLIBC_TUNABLES" not in benchmark.format_table(dict(result, environment=plain)).splitlines()[0]
