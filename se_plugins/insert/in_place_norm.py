@@ -3,8 +3,8 @@
 In eager inference a block's last norm writes its output into a new block-sized buffer. On CPU a fresh buffer can
 cost page faults: in a process that only runs inference, glibc's malloc keeps handing the largest tensors pages the
 kernel maps on first touch (a resnet50 forward at batch 8, 224^2: ~62 000 minor faults, all in the convolutions' and
-norms' output writes, about ten 25.7 MB tensors' worth; the SE model before this: ~70 000), and with two threads both
-fault under one lock. Written into the convolution output it normalises -- which nothing else holds in inference
+norms' output writes, about ten 25.7 MB tensors' worth; the SE model before this: ~70 000), which cost most at two
+threads. Written into the convolution output it normalises -- which nothing else holds in inference
 once the block's submodules have no hooks -- the norm allocates nothing (that SE model: ~46 000 faults). Where the
 heap is warm (no faults, as after a training step), it saves a buffer's first write. The kernel, and so the values,
 are the norm's own: identity SE stays bit-exact.
