@@ -60,6 +60,8 @@ def test_only_where_the_output_may_overwrite_the_input():
         assert fixed_norm_in_place(nn.BatchNorm2d(8).eval(), z[:, :, 1:]) is None  # a view of another tensor
         assert fixed_norm_in_place(nn.BatchNorm2d(8).eval(), z.bfloat16()) is None  # half precision: norm(z)
         assert fixed_norm_in_place(_FROZEN(8), z.double()) is None  # float32 statistics, float64 input
+        if torch.backends.mkldnn.is_available():
+            assert fixed_norm_in_place(nn.BatchNorm2d(8).eval(), z.to_mkldnn()) is None  # another layout
     assert fixed_norm_in_place(nn.BatchNorm2d(8).eval(), z) is None  # autograd on
     assert torch.equal(z, z.clone())
 

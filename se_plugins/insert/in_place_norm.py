@@ -41,8 +41,8 @@ def fixed_norm_in_place(norm: nn.Module, z: torch.Tensor) -> torch.Tensor | None
     on a float32/float64 CPU tensor of its own (not a view) with autograd off; None where that does not hold."""
     if torch.is_grad_enabled() or z.device.type != "cpu" or z.dtype not in _DTYPES or z.dim() != 4 or z._is_view():
         return None
-    if type(z) is not torch.Tensor or torch._C._functorch.is_functorch_wrapped_tensor(z):
-        return None  # a tensor subclass, or inside torch.func.vmap & co. (no batching rule for out= ops)
+    if type(z) is not torch.Tensor or z.layout != torch.strided or torch._C._functorch.is_functorch_wrapped_tensor(z):
+        return None  # a tensor subclass, an MKL-DNN tensor, or inside torch.func.vmap & co. (no out= batching rules)
     if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
         # torchvision's forward, term by term: x * scale + bias
         scale = norm.weight.reshape(1, -1, 1, 1) * (norm.running_var.reshape(1, -1, 1, 1) + norm.eps).rsqrt()
