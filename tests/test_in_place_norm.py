@@ -121,6 +121,15 @@ def test_a_hook_keeps_the_tensor_it_sees():
     assert torch.equal(kept, copy_at_hook)
 
 
+def test_a_hook_deeper_in_the_block_counts_too():
+    block = timm.create_model("se_plugin_resnet50").layer1[0].eval()
+    assert modules_without_hooks(block)
+    handle = block.downsample[0].register_forward_pre_hook(lambda *args: None)  # inside the downsample Sequential
+    assert not modules_without_hooks(block)
+    handle.remove()
+    assert modules_without_hooks(block)
+
+
 def test_a_global_hook_turns_it_off():
     torch.manual_seed(0)
     block = timm.create_model("se_plugin_resnet18").layer1[0].eval()

@@ -18,8 +18,6 @@ BatchNorm runs cuDNN's kernel, not this one).
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torchvision
 from torch import nn
@@ -33,7 +31,15 @@ def modules_without_hooks(block: nn.Module) -> bool:
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in itertools.islice(block.modules(), 1, None))
+    return not _submodule_hooked(block)
+
+
+def _submodule_hooked(module: nn.Module) -> bool:
+    # a plain recursion over ``_modules``: about half the time of iterating ``modules()`` (~5 us per Bottleneck)
+    for child in module._modules.values():
+        if child is not None and (child._forward_hooks or child._forward_pre_hooks or _submodule_hooked(child)):
+            return True
+    return False
 
 
 def fixed_norm_in_place(norm: nn.Module, z: torch.Tensor) -> torch.Tensor | None:
