@@ -17,7 +17,7 @@ import torch
 
 from . import scale_add
 from .batch_norm_scale_add import batch_norm_scale_add, uses_batch_statistics
-from .fixed_norm_add import fixed_norm_affine, fixed_norm_scale_add, pooled_pointwise_conv
+from .fixed_norm_add import applies_fixed_statistics, fixed_norm_scale_add, pooled_pointwise_conv
 from .in_place_norm import fixed_norm_in_place, modules_without_hooks
 from .norm_scale_add import norm_scale_add
 from .scale_add import ScaleAdd, norm_with_affine
@@ -166,7 +166,7 @@ class SEResidualBlock:
         if norm_name is None or not torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy):
             return None
         norm = getattr(self, norm_name)
-        fixed = fixed_norm_affine(norm) is not None
+        fixed = applies_fixed_statistics(norm)
         if not fixed and (torch.compiler.is_exporting() or not uses_batch_statistics(norm)):
             return None
         conv_name = getattr(type(self), "last_conv", None)

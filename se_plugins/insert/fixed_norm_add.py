@@ -23,18 +23,23 @@ import torchvision
 from torch import nn
 
 
-def fixed_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(mean, a, beta)`` per channel with ``norm(z) == (z - mean) * a + beta`` for a norm that applies fixed
-    statistics now (``nn.BatchNorm2d`` / ``SyncBatchNorm`` in eval with running statistics, ``FrozenBatchNorm2d``),
-    else None (batch statistics, or another norm)."""
-    frozen = type(norm) is torchvision.ops.misc.FrozenBatchNorm2d
-    running = (
+def applies_fixed_statistics(norm: nn.Module) -> bool:
+    """Whether ``norm`` applies fixed statistics now: ``FrozenBatchNorm2d``, or an affine ``nn.BatchNorm2d`` /
+    ``SyncBatchNorm`` in eval mode with running statistics (not batch statistics, not another norm)."""
+    if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
+        return True
+    return (
         type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)
         and not norm.training
         and norm.track_running_stats
         and norm.affine
     )
-    if not (frozen or running):
+
+
+def fixed_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(mean, a, beta)`` per channel with ``norm(z) == (z - mean) * a + beta`` for a norm that
+    :func:`applies_fixed_statistics`, else None."""
+    if not applies_fixed_statistics(norm):
         return None
     return norm.running_mean, norm.weight * torch.rsqrt(norm.running_var + norm.eps), norm.bias
 

@@ -22,6 +22,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .fixed_norm_add import applies_fixed_statistics
+
 _DTYPES = (torch.float32, torch.float64)
 
 
@@ -49,6 +51,8 @@ def fixed_norm_in_place(norm: nn.Module, z: torch.Tensor) -> torch.Tensor | None
         return None
     if type(z) is not torch.Tensor or z.layout != torch.strided or torch._C._functorch.is_functorch_wrapped_tensor(z):
         return None  # a tensor subclass, an MKL-DNN tensor, or inside torch.func.vmap & co. (no out= batching rules)
+    if not applies_fixed_statistics(norm):
+        return None
     if type(norm) is torchvision.ops.misc.FrozenBatchNorm2d:
         # torchvision's forward, term by term: x * scale + bias
         scale = norm.weight.reshape(1, -1, 1, 1) * (norm.running_var.reshape(1, -1, 1, 1) + norm.eps).rsqrt()
@@ -56,15 +60,7 @@ def fixed_norm_in_place(norm: nn.Module, z: torch.Tensor) -> torch.Tensor | None
         if scale.dtype != z.dtype:
             return None
         return z.mul_(scale).add_(bias)
-    fixed = (
-        type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)
-        and not norm.training
-        and norm.track_running_stats
-        and norm.running_mean is not None
-        and norm.affine
-        and norm.weight.dtype == z.dtype
-    )
-    if not fixed:
+    if norm.running_mean is None or norm.weight.dtype != z.dtype:
         return None
     empty = z.new_empty(0)
     args = (z, norm.weight, norm.bias, norm.running_mean, norm.running_var, False, 0.0, norm.eps)
