@@ -40,9 +40,11 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 from .insert import SEResidualBlock, add_se, se_modules, set_se_fused
 from .models import PREFIX
+from .steady_heap import steady_heap
 
 TASKS = ("classification", "detection", "segmentation")
 MODES = ("infer", "train")
+HEAPS = ("steady", "as-is")
 TORCHVISION = "torchvision."  # --model torchvision.NAME: torchvision's classification model NAME
 # SE modules of other libraries (timm's seresnet*, torchvision's) whose pool + scale work is counted too.
 _FOREIGN_SE = ("SEModule", "EffectiveSEModule", "SqueezeExcite", "SqueezeExcitation")
@@ -80,6 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--iters", type=int, default=2, help="steps per model per repeat")
     a("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     a("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
+    a(
+        "--heap",
+        default="steady",
+        choices=HEAPS,
+        help="steady (default): glibc keeps freed memory for the rest of the process, so timed steps do not "
+        "page-fault at a rate set by the heap's history; as-is: the C library's defaults, as in a user's process",
+    )
     a("--seed", type=int, default=0)
     a("--json", default=None, metavar="OUT.json", help="write the results here (atomically)")
 
@@ -470,6 +479,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = _check(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    heap = "as-is"
+    if args.heap == "steady":
+        heap = steady_heap() or "as-is (steady needs glibc's mallopt)"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.task == "detection":
@@ -486,6 +498,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         inductor_options = inductor_config.patch(freezing=True)
     with inductor_options:
         result = _measure(args, device)
+    result["environment"]["heap"] = heap
     print(format_table(result))
     if args.json:
         write_json_atomic(args.json, result)
@@ -598,6 +611,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     if "loadavg_start" in env and "loadavg_end" in env:  # other work on the machine makes the timings noisy
         lines[0] += f" | load avg {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}"
+    if "heap" in env:
+        lines[0] += f" | heap {env['heap']}"
     if "glibc_tunables" in env:
         lines[0] += f" | GLIBC_TUNABLES={env['glibc_tunables']}"
     header = ("model", "params", "GFLOPs", "SE p+s MFLOPs", "mode", "median ms", "IQR", "min", "img/s", "peak MiB")
@@ -629,7 +644,7 @@ def format_table(result: dict[str, Any]) -> str:
         "confidence interval; min/max with <= 5 repeats] (throughput ratio = 1/ratio); of min: of the fastest repeats; "
         "cpu-time: of the process CPU time.\nfaults/step: the process's minor page faults per step (median; CPU): "
         "fresh pages the allocator maps. Where one model faults far more than another, their ratio reflects the "
-        "heap's state more than the models (see README, Performance)."
+        "heap's state more than the models (see README, Performance); --heap steady (default) keeps them near 0."
     )
     if "plain_vs_fused_max_abs_diff" in result:
         lines.append(f"plain vs fused SE outputs: max |diff| = {result['plain_vs_fused_max_abs_diff']:.3g}")

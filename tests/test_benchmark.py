@@ -14,7 +14,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import se_plugins  # noqa: F401  (registers se_plugin_* with timm)
-from se_plugins import add_se, benchmark, se_modules, set_se_fused
+from se_plugins import add_se, benchmark, se_modules, set_se_fused, steady_heap
 from tests.conftest import randomize_norm_stats, rounding_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,9 +22,11 @@ TINY = ["--batch-size", "2", "--image-size", "64", "--repeats", "2", "--iters", 
 
 
 def _args(*argv: str) -> argparse.Namespace:
+    """The benchmark's options for an in-process run: ``--heap as-is`` unless ``argv`` says otherwise, so that the
+    test process keeps glibc's defaults (``--heap steady`` lasts for the whole process: tested in a subprocess)."""
     parser = argparse.ArgumentParser()
     benchmark.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return parser.parse_args(["--heap", "as-is", *argv])
 
 
 def _pool_scale_by_hand(batch: int, size: int, channels=(64, 128, 256, 512), strides=(4, 8, 16, 32), blocks=1):
@@ -373,7 +375,14 @@ def test_cpu_memory_measurement_prints_only_the_table():
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
     assert done.stderr == ""
     assert done.stdout.splitlines()[0].startswith("classification | cpu")
+    assert done.stdout.splitlines()[0].endswith(f"| heap {steady_heap.DESCRIPTION}")  # the default on glibc
     assert "peak MiB" in done.stdout and "USDT" not in done.stdout and "ERROR" not in done.stdout
+
+
+def test_an_in_process_run_with_the_heap_as_is_says_so(tiny_run):
+    result, data = tiny_run
+    assert result["config"]["heap"] == "as-is" and data["environment"]["heap"] == "as-is"
+    assert benchmark.format_table(result).splitlines()[0].endswith("| heap as-is")
 
 
 def test_the_header_shows_glibc_tunables(tiny_run):
