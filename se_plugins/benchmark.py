@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import platform
@@ -340,6 +341,21 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _cuda_home_warning_silenced(device: torch.device) -> Iterator[None]:
+    """On CPU, keep ``torch.utils.cpp_extension``'s import-time ``No CUDA runtime is found, using CUDA_HOME=...``
+    out of the output: inductor imports it to compile for the CPU, and a CUDA build of torch on a machine with a
+    CUDA toolkit but no GPU warns about a runtime the CPU benchmark never uses."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    if device.type == "cpu":
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def peak_memory_bytes(step: Callable, device: torch.device) -> int:
     """Peak memory allocated by torch during one ``step`` above what was allocated before it.
 
@@ -496,7 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import torch._inductor.config as inductor_config
 
         inductor_options = inductor_config.patch(freezing=True)
-    with inductor_options:
+    with inductor_options, _cuda_home_warning_silenced(device):
         result = _measure(args, device)
     result["environment"]["heap"] = heap
     print(format_table(result))

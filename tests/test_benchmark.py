@@ -2,9 +2,11 @@ import argparse
 import copy
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -393,3 +395,25 @@ def test_the_header_shows_glibc_tunables(tiny_run):
     assert header.endswith("| GLIBC_TUNABLES=glibc.malloc.trim_threshold=4294967296")
     plain = {k: v for k, v in result["environment"].items() if k != "glibc_tunables"}
     assert "GLIBC_TUNABLES" not in benchmark.format_table(dict(result, environment=plain)).splitlines()[0]
+
+
+def test_a_cpu_run_keeps_the_cuda_home_warning_out_of_the_output():
+    """Compiling for the CPU imports ``torch.utils.cpp_extension``, which warns ``No CUDA runtime is found`` where a
+    CUDA toolkit is found without a GPU (here: ``CUDA_HOME`` set, no device visible); the benchmark keeps it out."""
+    code = (
+        "import sys, torch\n"
+        "from se_plugins.benchmark import _cuda_home_warning_silenced\n"
+        "if sys.argv[1] == 'silenced':\n"
+        "    with _cuda_home_warning_silenced(torch.device('cpu')):\n"
+        "        import torch.utils.cpp_extension\n"
+        "else:\n"
+        "    import torch.utils.cpp_extension\n"
+        "import logging; assert logging.getLogger('torch.utils.cpp_extension').level == logging.NOTSET\n"
+    )
+    env = dict(os.environ, CUDA_HOME=tempfile.gettempdir(), CUDA_VISIBLE_DEVICES="")
+    runs = {
+        how: subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, env=env, timeout=120)
+        for how in ("as-is", "silenced")
+    }
+    assert runs["as-is"].returncode == 0 and "No CUDA runtime is found" in runs["as-is"].stderr  # the control
+    assert runs["silenced"].returncode == 0 and runs["silenced"].stderr == ""
