@@ -11,6 +11,14 @@ from se_plugins import se_modules
 # Each xdist worker gets one thread: CI has 2 cores and runs 2 workers.
 torch.set_num_threads(int(os.environ.get("SE_PLUGINS_TEST_THREADS", "1")))
 
+# The suite on other CPUs' kernels (README, Set-up): with ATEN_CPU_CAPABILITY=default inductor's C++ code has no
+# vector ISA, and torch 2.14's scalar codegen can emit a vectorized transpose that does not compile; this pins the
+# compiled code's vector width (256: AVX2) while eager runs the scalar kernels.
+if os.environ.get("SE_PLUGINS_TEST_INDUCTOR_SIMDLEN"):
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.simdlen = int(os.environ["SE_PLUGINS_TEST_INDUCTOR_SIMDLEN"])
+
 
 def randomize_norm_stats(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every norm layer non-trivial affine parameters and running statistics (like trained weights)."""
