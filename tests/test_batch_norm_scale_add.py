@@ -9,7 +9,7 @@ from torch import nn
 
 import se_plugins  # noqa: F401  (registers se_plugin_*)
 from se_plugins import SqueezeExcite
-from se_plugins.insert.batch_norm_scale_add import batch_norm_scale_add, uses_batch_statistics
+from se_plugins.insert.batch_norm_scale_add import batch_norm_scale_add, is_exporting, uses_batch_statistics
 from se_plugins.insert.fixed_norm_add import pooled_pointwise_conv
 from tests.conftest import randomize_norm_stats, rounding_tolerance
 
@@ -104,6 +104,21 @@ class _GraphRecorder:
     def __call__(self, gm: torch.fx.GraphModule, example_inputs):  # noqa: ANN204
         self.graphs.append(gm)
         return gm.forward
+
+
+class _ExportProbe(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if is_exporting() else x
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_is_exporting_only_under_export(strict):
+    """True while torch.export traces, False in eager and under torch.compile (where dynamo before torch 2.12
+    traced ``torch.compiler.is_exporting()`` as True, and compiled training lost this form)."""
+    x = torch.zeros(2)
+    assert not is_exporting()
+    assert torch.equal(torch.compile(_ExportProbe(), backend="eager", fullgraph=True)(x), x)
+    assert torch.equal(torch.export.export(_ExportProbe(), (x,), strict=strict).module()(x), x + 1)
 
 
 @pytest.mark.slow

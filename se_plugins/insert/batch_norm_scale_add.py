@@ -79,6 +79,13 @@ class NormScaleAdd(torch.autograd.Function):
         )
 
 
+def is_exporting() -> bool:
+    """``torch.compiler.is_exporting()``, read from the flag ``torch.export`` sets: dynamo before torch 2.12 traces
+    that function as a constant True under ``torch.compile`` too, which kept compiled training off this form there."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def uses_batch_statistics(norm: nn.Module) -> bool:
     """Whether ``norm`` is an ``nn.BatchNorm2d`` with affine parameters that normalises with the batch's statistics now
     (training, or untracked running statistics)."""

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import scale_add
-from .batch_norm_scale_add import batch_norm_scale_add, uses_batch_statistics
+from .batch_norm_scale_add import batch_norm_scale_add, is_exporting, uses_batch_statistics
 from .fixed_norm_add import applies_fixed_statistics, fixed_norm_scale_add, pooled_pointwise_conv
 from .in_place_norm import fixed_norm_in_place, modules_without_hooks
 from .norm_scale_add import norm_scale_add
@@ -167,7 +167,7 @@ class SEResidualBlock:
             return None
         norm = getattr(self, norm_name)
         fixed = applies_fixed_statistics(norm)
-        if not fixed and (torch.compiler.is_exporting() or not uses_batch_statistics(norm)):
+        if not fixed and (is_exporting() or not uses_batch_statistics(norm)):
             return None
         conv_name = getattr(type(self), "last_conv", None)
         if conv_name is None:
