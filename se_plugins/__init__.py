@@ -3,6 +3,9 @@
 Importing the package registers ``se_plugin_<arch>`` models with timm.
 """
 
+from . import versions  # noqa: F401  (first: checks the libraries' versions, before an adapter fails on an old one)
+
+# isort: split
 from . import models  # noqa: F401  (registers the se_plugin_* models with timm)
 from .errors import CheckpointError, ConfigError, DataError, SEPluginsError
 from .insert import (

@@ -8,12 +8,13 @@
 #   tools/gpu_check.sh [OUT_DIR]     # there, from the repository root (default OUT_DIR: runs/gpu_check)
 #
 # A bare GPU machine has PyTorch, torchvision, timm, matplotlib, tifffile, pytest (other versions than ours) but not
-# omegaconf, pycocotools or segmentation-models-pytorch: --download fetches those for the box's Python (3.12,
-# manylinux x86-64), and the run installs them with --no-index into /tmp/site. se_plugins itself runs from the
-# source tree (PYTHONPATH), so nothing else is installed there.
+# omegaconf, pycocotools or segmentation-models-pytorch, and its timm may be older than the 1.0.31 se_plugins needs
+# (pyproject.toml): --download fetches those for the box's Python (3.12, manylinux x86-64), and the run installs them
+# with --no-index into /tmp/site, ahead of the box's own packages. se_plugins itself runs from the source tree
+# (PYTHONPATH), so nothing else is installed there; the box's torch (2.11 when last seen) is within our range.
 set -uo pipefail
 PY="${PYTHON:-python3}"
-WHEELS=(omegaconf==2.3.0 pycocotools==2.0.10 segmentation-models-pytorch==0.6.0)
+WHEELS=(omegaconf==2.3.0 pycocotools==2.0.10 segmentation-models-pytorch==0.6.0 timm==1.0.31)
 if [[ "${1:-}" == "--download" ]]; then
   set -e
   mkdir -p .whl
