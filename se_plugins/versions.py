@@ -8,6 +8,7 @@ otherwise fail deep inside an adapter (e.g. an ``AttributeError`` on a block met
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 
@@ -29,8 +30,6 @@ def release(text: str) -> tuple[int, ...]:
 
 def installed_versions() -> dict[str, str]:
     """``{distribution: __version__}`` of the libraries in :data:`OLDEST`, as imported."""
-    import importlib
-
     return {dist: importlib.import_module(module).__version__ for dist, (module, _) in OLDEST.items()}
 
 
@@ -40,8 +39,8 @@ def check_versions(found: Mapping[str, str] | None = None) -> None:
     found = installed_versions() if found is None else found
     specs, notes = [], []
     for dist, text in found.items():
-        oldest = OLDEST[dist][1]
-        if release(text) and release(text) < oldest:  # a version with no release numbers is not judged
+        oldest, numbers = OLDEST[dist][1], release(text)
+        if numbers and numbers < oldest:  # a version with no release numbers is not judged
             specs.append(f"{dist}>={'.'.join(map(str, oldest))}")
             notes.append(f"{specs[-1]} (found {text})")
     if specs:

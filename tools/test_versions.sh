@@ -5,7 +5,7 @@
 #   tools/test_versions.sh PYTHON [PIP_SPEC...] [-- PYTEST_ARGS...]
 #   tools/test_versions.sh python3.12 torch==2.11.0 torchvision==0.26.0          # the GPU machine's torch
 #   tools/test_versions.sh python3.11 torch==2.15.0 torchvision==0.29.2          # newer than CI's pins
-#   tools/test_versions.sh python3.10 torch==2.6.0 torchvision==0.21.0 timm==1.0.15 -- tests/test_timm.py
+#   tools/test_versions.sh python3.10 torch==2.12.1 torchvision==0.27.1 -- tests/test_fx.py  # one test file
 #
 # The specs are installed together with se_plugins[dev], so pip checks them against pyproject.toml's ranges; the
 # machine-wide pip constraint (a cap at the locally stored torch) is lifted for this install (PIP_CONSTRAINT). The
